@@ -1,0 +1,170 @@
+"""A fuzz campaign: round-robin over properties under a time budget, with a live display,
+an end report, and JSON / JUnit XML files. Ctrl-C stops cleanly and keeps what was found."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hypothesis import settings as Settings
+from hypothesis.database import DirectoryBasedExampleDatabase
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from fuzzcache.properties import Property
+from fuzzcache.runner import PropertyRun, Saved, run_property
+
+ROUND_EXAMPLES = 25  # examples per property per round; rounds repeat until the budget is spent
+
+
+@dataclass
+class PropertyTotals:
+    property: str
+    examples: int = 0
+    seconds: float = 0.0
+    found: list[Saved] = field(default_factory=list)
+    paths: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, run: PropertyRun) -> None:
+        self.examples += run.examples
+        self.seconds += run.seconds
+        self.found += run.found
+        self.paths.update(run.paths)
+        if run.error:
+            self.errors.append(run.error)
+
+
+@dataclass
+class CampaignResult:
+    target: str
+    totals: dict[str, PropertyTotals]
+    seconds: float
+    interrupted: bool
+
+    @property
+    def findings(self) -> list[Saved]:
+        return [s for t in self.totals.values() for s in t.found]
+
+    @property
+    def new_findings(self) -> list[Saved]:
+        return [s for s in self.findings if s.new]
+
+
+def parse_budget(text: str) -> float:
+    """'90s', '10m', '2h' or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except (ValueError, IndexError):
+        raise ValueError(f"budget {text!r}: expected e.g. 90s, 10m, 2h") from None
+
+
+def progress_table(target: str, totals: dict[str, PropertyTotals], elapsed: float, budget: float) -> Table:
+    table = Table(title=f"fuzzcache fuzz --target {target}   {elapsed:.0f}s / {budget:.0f}s")
+    for col in ("property", "examples", "examples/s", "failures"):
+        table.add_column(col, justify="left" if col == "property" else "right")
+    for t in totals.values():
+        rate = t.examples / t.seconds if t.seconds else 0.0
+        table.add_row(t.property, str(t.examples), f"{rate:.1f}", str(len(t.found)))
+    return table
+
+
+def run_campaign(
+    target,
+    target_spec: str,
+    properties: list[Property],
+    budget_s: float,
+    base_settings: Settings,
+    corpus_dir: Path | None,
+    database_dir: Path | None,
+    console: Console,
+    round_examples: int = ROUND_EXAMPLES,
+) -> CampaignResult:
+    """Fuzz until the budget is spent; a property that found a failure stops being fuzzed."""
+    totals = {p.id: PropertyTotals(p.id) for p in properties}
+    database = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir else base_settings.database
+    start = time.monotonic()
+    interrupted = False
+    live_table = lambda: progress_table(target_spec, totals, time.monotonic() - start, budget_s)  # noqa: E731
+    with Live(live_table(), console=console, refresh_per_second=4, transient=False) as live:
+        try:
+            active = list(properties)
+            round_no = 0
+            while active and time.monotonic() - start < budget_s:
+                for prop in list(active):
+                    if time.monotonic() - start >= budget_s:
+                        break
+                    s = Settings(base_settings, max_examples=round_examples, database=database, derandomize=False)
+                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=lambda: live.update(live_table()))
+                    totals[prop.id].add(run)
+                    if run.found or run.error:
+                        active.remove(prop)
+                    live.update(live_table())
+                round_no += 1
+        except KeyboardInterrupt:
+            interrupted = True
+    return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted)
+
+
+def print_report(result: CampaignResult, console: Console) -> None:
+    console.print(f"\n[bold]fuzzcache report[/] target={result.target} time={result.seconds:.0f}s" + (" (interrupted)" if result.interrupted else ""))
+    table = Table()
+    for col in ("property", "examples", "examples/s", "result", "paths reached"):
+        table.add_column(col)
+    for t in result.totals.values():
+        status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} finding(s)" if t.found else "ok")
+        paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items()))
+        table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status, paths)
+    console.print(table)
+    by_kind: dict[str, list[Saved]] = {}
+    for s in result.findings:
+        by_kind.setdefault(s.kind, []).append(s)
+    if not by_kind:
+        console.print("No findings.")
+    for kind, items in sorted(by_kind.items()):
+        console.print(f"[bold red]{kind}[/]: {len(items)}")
+        for s in items:
+            short = s.scenario.short() if hasattr(s.scenario, "short") else s.scenario
+            console.print(f"  {s.property}: {s.message}\n    repro: {short}\n    saved: {s.path}{'' if s.new else ' (already in corpus)'}")
+
+
+def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
+    """report.json and junit.xml under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "target": result.target,
+        "seconds": round(result.seconds, 2),
+        "interrupted": result.interrupted,
+        "properties": {
+            t.property: {
+                "examples": t.examples,
+                "seconds": round(t.seconds, 2),
+                "paths": dict(t.paths),
+                "errors": t.errors,
+                "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new} for s in t.found],
+            }
+            for t in result.totals.values()
+        },
+    }
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    suite = ET.Element("testsuite", name=f"fuzzcache:{result.target}", tests=str(len(result.totals)),
+                       failures=str(sum(1 for t in result.totals.values() if t.found)),
+                       errors=str(sum(1 for t in result.totals.values() if t.errors and not t.found)), time=f"{result.seconds:.2f}")
+    for t in result.totals.values():
+        case = ET.SubElement(suite, "testcase", classname=result.target, name=t.property, time=f"{t.seconds:.2f}")
+        for s in t.found:
+            ET.SubElement(case, "failure", type=s.kind, message=s.message).text = str(s.path)
+        if t.errors and not t.found:
+            ET.SubElement(case, "error", message=t.errors[0])
+    junit_path = out_dir / "junit.xml"
+    ET.ElementTree(suite).write(junit_path, encoding="unicode", xml_declaration=True)
+    return json_path, junit_path

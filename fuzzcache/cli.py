@@ -1,0 +1,118 @@
+"""The ``fuzzcache`` command: fuzz, replay, list."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from hypothesis import settings as Settings
+from rich.console import Console
+
+from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
+from fuzzcache.corpus import CorpusError, iter_files, load
+from fuzzcache.targets import UnknownTarget, available_targets, resolve_target
+
+
+def fail(message: str) -> None:
+    click.echo(f"fuzzcache: error: {message}", err=True)
+    sys.exit(2)
+
+
+def target_or_fail(spec: str):
+    try:
+        return resolve_target(spec)
+    except UnknownTarget as exc:
+        fail(str(exc))
+
+
+@click.group()
+def main() -> None:
+    """Property-based differential fuzzer for the KV-cache machinery of LLM inference engines."""
+
+
+@main.command()
+@click.option("--target", "target_spec", default="reference", show_default=True, help="reference, mutant:<name>, hf:<arch>, an entry point, or pkg.module:attr")
+@click.option("--property", "property_patterns", multiple=True, help="property id or glob (repeatable); default: all that apply")
+@click.option("--budget", default="60s", show_default=True, help="wall-clock budget, e.g. 90s, 10m, 2h")
+@click.option("--profile", default="dev", show_default=True, type=click.Choice(["dev", "ci", "nightly"]))
+@click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(path_type=Path))
+@click.option("--database", "database_dir", default=None, type=click.Path(path_type=Path), help="Hypothesis example database folder (share it between workers)")
+@click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and junit.xml go")
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir) -> None:
+    """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved."""
+    from fuzzcache.campaign import parse_budget, print_report, run_campaign, write_reports
+    from fuzzcache.properties import select
+
+    try:
+        budget_s = parse_budget(budget)
+        props = select(list(property_patterns))
+    except ValueError as exc:
+        fail(str(exc))
+    target = target_or_fail(target_spec)
+    applicable = [p for p in props if p.applies_to(target)]
+    skipped = [p.id for p in props if p not in applicable]
+    if not applicable:
+        fail(f"no selected property applies to target {target_spec!r} (features: {sorted(target.features)})")
+    console = Console()
+    if skipped:
+        console.print(f"not applicable to {target_spec}: {', '.join(skipped)}")
+    result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database_dir, console)
+    print_report(result, console)
+    json_path, junit_path = write_reports(result, report_dir)
+    console.print(f"reports: {json_path} {junit_path}")
+    sys.exit(1 if result.new_findings else 0)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--target", "target_spec", default=None, help="replay against this target instead of the one each file names")
+def replay(paths, target_spec) -> None:
+    """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does."""
+    from fuzzcache.runner import replay as replay_case
+
+    try:
+        files = iter_files(paths)
+    except CorpusError as exc:
+        fail(str(exc))
+    override = target_or_fail(target_spec) if target_spec else None
+    still, bad = 0, 0
+    for path in files:
+        try:
+            case = load(path)
+            target = override or resolve_target(case.target)
+        except (CorpusError, UnknownTarget) as exc:
+            click.echo(f"ERROR  {path}: {exc}")
+            bad += 1
+            continue
+        finding = replay_case(case, target)
+        if finding is None:
+            click.echo(f"fixed  {path}")
+        else:
+            still += 1
+            click.echo(f"FAILS  {path}: {finding}")
+    click.echo(f"{len(files)} file(s): {still} still failing, {bad} unreadable, {len(files) - still - bad} fixed")
+    sys.exit(1 if still or bad else 0)
+
+
+@main.command("list")
+def list_cmd() -> None:
+    """Targets (with their features) and properties."""
+    from fuzzcache.properties import PROPERTIES
+
+    click.echo("targets:")
+    for name in available_targets():
+        try:
+            features = ", ".join(sorted(resolve_target(name).features))
+        except Exception as exc:  # noqa: BLE001 - a broken plugin should not hide the others
+            features = f"(cannot load: {exc})"
+        click.echo(f"  {name:24} {features}")
+    click.echo("  mutant:<name>, hf:<arch>  reserved\n  package.module:attr      a target object or a zero-argument factory")
+    click.echo("properties:")
+    for p in PROPERTIES.values():
+        needs = f"  [needs {', '.join(sorted(p.requires))}]" if p.requires else ""
+        click.echo(f"  {p.id:28} {p.level:6} {p.description}{needs}")
+
+
+if __name__ == "__main__":
+    main()

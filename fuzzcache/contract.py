@@ -1,0 +1,106 @@
+"""The target contract: what any engine under test implements (ARCHITECTURE.md section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "interleave", "preemption"})
+DRAFTS = ("bigram", "trigram", "prompt_lookup")
+
+
+@dataclass(frozen=True)
+class Request:
+    rid: int
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    arrival: int = 0  # scheduler step at which the request becomes visible
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    block_size: int = 16  # KV page size in tokens
+    num_blocks: int | None = None  # KV pool size; None = nothing is ever evicted or preempted
+    chunk_size: int | None = None  # max prompt tokens per request per step; None = whole prompt
+    max_num_seqs: int = 8  # max running requests per step
+    max_batch_tokens: int | None = None  # token budget per step; None = unlimited
+    prefix_cache: bool = False
+    spec_k: int = 0  # draft tokens per step; 0 = off
+    draft: str = "trigram"  # "bigram" | "trigram" | "prompt_lookup"
+    interleave: bool = False  # decode rows and prefill chunks fused in one forward
+
+
+@dataclass
+class Completion:
+    rid: int
+    tokens: list[int]  # exactly max_new_tokens greedy tokens (0 allowed), no EOS
+    logits: torch.Tensor | None = None  # [len(tokens), vocab]: the logits each token was chosen from
+    stats: dict[str, int] = field(default_factory=dict)
+    # cached_prefix_tokens, preemptions, draft_proposed, draft_accepted
+
+
+@runtime_checkable
+class Target(Protocol):
+    name: str
+    vocab_size: int
+    max_seq_len: int
+    features: frozenset[str]  # a subset of FEATURES
+
+    def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        """[len(tokens), vocab] float32 on CPU; one full forward, no cache."""
+        ...
+
+    def generate(self, requests: Sequence[Request], config: EngineConfig) -> list:
+        """Greedy; one Completion per request, in request order."""
+        ...
+
+
+def min_blocks_for(request: Request, config: EngineConfig) -> int:
+    """Blocks the contract guarantees a pool has: the request's prompt, new tokens and spec slack."""
+    return -(-(len(request.prompt) + request.max_new_tokens + config.spec_k) // config.block_size)
+
+
+def validate_config(config: EngineConfig) -> None:
+    """Reject an EngineConfig no engine can run, naming the field."""
+    def bad(field_name: str, why: str) -> None:
+        raise ValueError(f"EngineConfig.{field_name}={getattr(config, field_name)!r}: {why}")
+
+    if config.block_size < 1:
+        bad("block_size", "must be >= 1")
+    if config.num_blocks is not None and config.num_blocks < 1:
+        bad("num_blocks", "must be >= 1 or None")
+    if config.chunk_size is not None and config.chunk_size < 1:
+        bad("chunk_size", "must be >= 1 or None")
+    if config.max_num_seqs < 1:
+        bad("max_num_seqs", "must be >= 1")
+    if config.max_batch_tokens is not None and config.max_batch_tokens < 1:
+        bad("max_batch_tokens", "must be >= 1 or None")
+    if config.spec_k < 0:
+        bad("spec_k", "must be >= 0")
+    if config.draft not in DRAFTS:
+        bad("draft", f"must be one of {', '.join(DRAFTS)}")
+
+
+def validate_requests(requests: Sequence[Request], config: EngineConfig, vocab_size: int, max_seq_len: int) -> None:
+    """Reject requests the contract does not allow, naming the request and the problem."""
+    validate_config(config)
+    seen: set[int] = set()
+    for r in requests:
+        if r.rid in seen:
+            raise ValueError(f"request rid={r.rid}: duplicate rid")
+        seen.add(r.rid)
+        if not r.prompt:
+            raise ValueError(f"request rid={r.rid}: empty prompt")
+        if any(not 0 <= t < vocab_size for t in r.prompt):
+            raise ValueError(f"request rid={r.rid}: token outside vocab [0, {vocab_size})")
+        if r.max_new_tokens < 0 or r.arrival < 0:
+            raise ValueError(f"request rid={r.rid}: max_new_tokens and arrival must be >= 0")
+        if len(r.prompt) + r.max_new_tokens > max_seq_len:
+            raise ValueError(f"request rid={r.rid}: prompt + max_new_tokens = {len(r.prompt) + r.max_new_tokens} > max_seq_len {max_seq_len}")
+        if config.num_blocks is not None and config.num_blocks < min_blocks_for(r, config):
+            raise ValueError(
+                f"EngineConfig.num_blocks={config.num_blocks}: pool smaller than request rid={r.rid} needs "
+                f"({min_blocks_for(r, config)} blocks of {config.block_size} for prompt + max_new_tokens + spec_k)"
+            )

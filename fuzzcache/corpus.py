@@ -1,0 +1,118 @@
+"""The corpus: shrunk repros as readable JSON files, content-addressed, written atomically and
+never overwritten. ``corpus/<target>/<property>/crash-<sha1>.json`` (ARCHITECTURE.md section 6)."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import hypothesis
+import torch
+
+from fuzzcache.findings import Finding
+from fuzzcache.scenario import from_jsonable, to_jsonable
+
+SCHEMA_VERSION = 1
+
+
+class CorpusError(ValueError):
+    """A corpus file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Case:
+    path: Path | None
+    target: str
+    property: str
+    scenario: Any  # the property's scenario dataclass
+    kind: str
+    message: str
+
+
+def canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def case_hash(target: str, property_id: str, scenario: Any) -> str:
+    """sha1 over the canonical JSON of (target, property, scenario)."""
+    return hashlib.sha1(canonical([target, property_id, to_jsonable(scenario)]).encode()).hexdigest()
+
+
+def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any) -> Path:
+    return Path(corpus_dir) / target / property_id / f"crash-{case_hash(target, property_id, scenario)}.json"
+
+
+def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding) -> tuple[Path, bool]:
+    """Write the repro; returns (path, True) when new, (path, False) when it was already there."""
+    from fuzzcache import __version__
+
+    path = case_path(Path(corpus_dir), target, property_id, scenario)
+    if path.exists():
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "schema": SCHEMA_VERSION,
+        "property": property_id,
+        "target": target,
+        "kind": finding.kind,
+        "message": finding.message,
+        "scenario": to_jsonable(scenario),
+        "divergence": {k: v for k, v in finding.details.items() if k != "traceback"},
+        "traceback": finding.details.get("traceback"),
+        "versions": {"fuzzcache": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=2, default=str)
+            f.write("\n")
+        os.link(tmp, path)  # atomic, and fails instead of overwriting
+    except FileExistsError:
+        return path, False
+    finally:
+        os.unlink(tmp)
+    return path, True
+
+
+def load(path: Path | str) -> Case:
+    """Read and validate one corpus file; CorpusError naming the file on any problem."""
+    from fuzzcache.properties import get
+
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorpusError(f"{path}: not a readable corpus file ({exc})") from exc
+    if not isinstance(record, dict):
+        raise CorpusError(f"{path}: not a corpus record (expected a JSON object)")
+    if record.get("schema") != SCHEMA_VERSION:
+        raise CorpusError(f"{path}: unknown corpus schema {record.get('schema')!r} (this fuzzcache reads schema {SCHEMA_VERSION})")
+    for key in ("property", "target", "scenario"):
+        if key not in record:
+            raise CorpusError(f"{path}: missing field {key!r}")
+    try:
+        prop = get(record["property"])
+        scenario = from_jsonable(prop.scenario_type, record["scenario"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CorpusError(f"{path}: {exc}") from exc
+    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""))
+
+
+def iter_files(paths: Iterable[Path | str]) -> list[Path]:
+    """Corpus files under the given files or folders, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*.json") if not q.name.startswith(".tmp-"))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise CorpusError(f"{p}: no such file or folder")
+    return out

@@ -1,0 +1,230 @@
+"""The scheduler: composes every fast path into one engine loop.
+
+Each step it (1) gives every running sequence its next piece of work, oldest first,
+preempting the newest sequences by recompute when blocks run out; (2) admits arrived
+waiting sequences while the sequence limit, token budget and pool allow, reusing cached
+prefix blocks; (3) runs all rows in one fused forward or as separate decode / prefill
+forwards; (4) scatters new KV into the pool, verifies drafts and trims rejected entries,
+commits full blocks to the prefix cache, and retires finished sequences.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from fuzzcache.contract import Completion, EngineConfig, Request
+from fuzzcache.engine.batching import Row
+from fuzzcache.engine.drafts import make_draft
+from fuzzcache.engine.fused_step import run_step
+from fuzzcache.engine.paged import BlockAllocator, BlockPool, blocks_needed, gather, scatter, slot_of
+from fuzzcache.engine.prefix_cache import PrefixCache
+from fuzzcache.engine.speculative import greedy_verify
+from fuzzcache.model import TinyGPT
+
+STAT_KEYS = ("cached_prefix_tokens", "preemptions", "draft_proposed", "draft_accepted", "fused_steps")
+
+
+@dataclass
+class Sequence:
+    """A request in flight: its tokens so far, how many have KV in the pool, and its blocks."""
+
+    request: Request
+    output: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+    num_computed: int = 0  # leading tokens whose KV is in the pool
+    block_table: list[int] = field(default_factory=list)
+    committed_blocks: int = 0  # leading full blocks already offered to the prefix cache
+    stats: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAT_KEYS, 0))
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.request.prompt) + self.output
+
+    @property
+    def done(self) -> bool:
+        return len(self.output) >= self.request.max_new_tokens
+
+
+@dataclass
+class Work:
+    """What one sequence computes this step: ``n`` tokens from ``num_computed`` on, or
+    its last token followed by ``drafts`` to verify."""
+
+    seq: Sequence
+    n: int
+    drafts: list[int]
+
+    @property
+    def is_decode(self) -> bool:
+        return self.seq.num_computed == len(self.seq.tokens) - 1
+
+
+class Scheduler:
+    """Runs one batch of requests to completion under an EngineConfig."""
+
+    def __init__(self, model: TinyGPT, config: EngineConfig, requests: list[Request]):
+        self.model, self.config = model, config
+        b = config.block_size
+        unbounded = sum(blocks_needed(len(r.prompt) + r.max_new_tokens + config.spec_k, b) for r in requests)
+        self.pool = BlockPool(model.config, config.num_blocks or max(unbounded, 1), b, model.dtype, model.device)
+        self.allocator = BlockAllocator(self.pool)
+        self.prefix = PrefixCache(self.allocator, b) if config.prefix_cache else None
+        self.sequences = [Sequence(r) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: requests[i].arrival)
+        self.waiting: deque[Sequence] = deque(self.sequences[i] for i in order if not self.sequences[i].done)
+        self.running: list[Sequence] = []
+        self.step = 0
+        self.engine_stats = {"steps": 0, "evictions": 0, "prefix_hit_blocks": 0, "fused_steps": 0, "preemptions": 0}
+
+    # ---- scheduling -------------------------------------------------------------------
+
+    def work_for(self, seq: Sequence, budget: float) -> Work:
+        """The largest piece of work the chunk size and token budget allow."""
+        tokens = seq.tokens
+        remaining = len(tokens) - seq.num_computed
+        if remaining == 1 and self.config.spec_k > 0:
+            k = int(min(self.config.spec_k, seq.request.max_new_tokens - len(seq.output) - 1, budget - 1))
+            drafts = make_draft(self.config.draft, self.model.config.vocab_size, tokens).propose(tokens, k) if k > 0 else []
+            return Work(seq, 1 + len(drafts), drafts)
+        return Work(seq, int(min(remaining, self.config.chunk_size or remaining, budget)), [])
+
+    def blocks_short(self, work: Work) -> int:
+        return blocks_needed(work.seq.num_computed + work.n, self.config.block_size) - len(work.seq.block_table)
+
+    def grow(self, seq: Sequence, n_blocks: int) -> None:
+        seq.block_table.extend(self.allocator.allocate() for _ in range(n_blocks))
+
+    def release(self, seq: Sequence) -> None:
+        for block in seq.block_table:
+            self.allocator.deallocate(block)
+        seq.block_table = []
+
+    def preempt(self, seq: Sequence) -> None:
+        """Preemption by recompute: drop the KV; later it re-prefills prompt + output so far."""
+        self.release(seq)
+        seq.num_computed = 0
+        seq.committed_blocks = 0
+        seq.stats["preemptions"] += 1
+        self.engine_stats["preemptions"] += 1
+        self.running.remove(seq)
+        self.waiting.appendleft(seq)
+
+    def schedule(self) -> list[Work]:
+        budget: float = self.config.max_batch_tokens or float("inf")
+        plan: list[Work] = []
+        for seq in list(self.running):
+            if seq not in self.running or budget < 1:
+                continue
+            work = self.work_for(seq, budget)
+            while not self.allocator.can_allocate(self.blocks_short(work)):
+                self.preempt(self.running[-1])  # the newest; may be seq itself
+                if seq not in self.running:
+                    break
+            if seq in self.running:
+                self.grow(seq, self.blocks_short(work))
+                plan.append(work)
+                budget -= work.n
+        while self.waiting and self.waiting[0].request.arrival <= self.step and len(self.running) < self.config.max_num_seqs and budget >= 1:
+            seq = self.waiting[0]
+            if self.prefix is not None:
+                self.reuse_cached_prefix(seq)
+            work = self.work_for(seq, budget)
+            if not self.allocator.can_allocate(self.blocks_short(work)):
+                self.release(seq)
+                seq.num_computed = seq.committed_blocks = 0
+                break
+            if seq.num_computed:
+                seq.stats["cached_prefix_tokens"] += seq.num_computed
+                self.engine_stats["prefix_hit_blocks"] += seq.committed_blocks
+            self.waiting.popleft()
+            self.running.append(seq)
+            self.grow(seq, self.blocks_short(work))
+            plan.append(work)
+            budget -= work.n
+        return plan
+
+    def reuse_cached_prefix(self, seq: Sequence) -> None:
+        """Point the sequence at cached full blocks of its tokens; its last token is always computed."""
+        tokens = seq.tokens
+        blocks = self.prefix.match(tokens, (len(tokens) - 1) // self.config.block_size)
+        seq.block_table = blocks
+        seq.num_computed = seq.committed_blocks = len(blocks)
+        seq.num_computed *= self.config.block_size
+
+    # ---- execution --------------------------------------------------------------------
+
+    def execute(self, plan: list[Work]) -> None:
+        rows = []
+        for w in plan:
+            nc = w.seq.num_computed
+            new_tokens = w.seq.tokens[nc : nc + w.n - len(w.drafts)] + w.drafts
+            cache = gather(self.pool, w.seq.block_table, nc) if nc else None
+            rows.append(Row(new_tokens, cache))
+        results, fused = run_step(self.model, rows, [w.is_decode for w in plan], self.config.interleave)
+        if fused:
+            self.engine_stats["fused_steps"] += 1
+        for w, (logits, new_kv) in zip(plan, results):
+            scatter(self.pool, w.seq.block_table, w.seq.num_computed, new_kv)
+            if fused:
+                w.seq.stats["fused_steps"] += 1
+            self.advance(w, logits)
+
+    def advance(self, w: Work, logits: torch.Tensor) -> None:
+        """Account for the computed tokens: emit, verify drafts, trim, commit, retire."""
+        seq = w.seq
+        if w.drafts:
+            emitted, accepted = greedy_verify(logits, w.drafts)
+            seq.stats["draft_proposed"] += len(w.drafts)
+            seq.stats["draft_accepted"] += accepted
+            self.trim_rejected(seq, seq.num_computed + 1 + accepted, seq.num_computed + w.n)
+            seq.num_computed += 1 + accepted
+            seq.output.extend(emitted)
+            seq.logits.extend(logits[: len(emitted)])
+        else:
+            seq.num_computed += w.n
+            if seq.num_computed == len(seq.tokens):
+                seq.output.append(int(logits[-1].argmax()))
+                seq.logits.append(logits[-1])
+        if self.prefix is not None:
+            full = seq.num_computed // self.config.block_size
+            self.prefix.commit(seq.tokens, seq.block_table, seq.committed_blocks, full)
+            seq.committed_blocks = full
+        if seq.done:
+            self.release(seq)
+            self.running.remove(seq)
+
+    def trim_rejected(self, seq: Sequence, keep: int, written: int) -> None:
+        """KV trim in the pool: poison the rejected drafts' slots and free blocks past ``keep``."""
+        for pos in range(keep, written):
+            block, offset = slot_of(pos, self.config.block_size)
+            self.pool.poison(seq.block_table[block], offset)
+        for block in seq.block_table[blocks_needed(keep, self.config.block_size) :]:
+            self.allocator.deallocate(block)
+        del seq.block_table[blocks_needed(keep, self.config.block_size) :]
+
+    def run(self) -> list[Completion]:
+        total = sum(len(s.request.prompt) + s.request.max_new_tokens for s in self.sequences)
+        last_arrival = max((s.request.arrival for s in self.sequences), default=0)
+        step_limit = last_arrival + 20 * (total + 1) * (len(self.sequences) + 1)
+        while self.waiting or self.running:
+            if self.step > step_limit:
+                raise RuntimeError(f"scheduler made no progress in {step_limit} steps (livelock)")
+            plan = self.schedule()
+            if plan:
+                self.execute(plan)
+            self.step += 1
+        self.engine_stats["steps"] = self.step
+        self.engine_stats["evictions"] = self.allocator.evictions
+        vocab = self.model.config.vocab_size
+        return [
+            Completion(
+                rid=s.request.rid,
+                tokens=list(s.output),
+                logits=torch.stack(s.logits).float().cpu() if s.logits else torch.empty(0, vocab),
+                stats=dict(s.stats),
+            )
+            for s in self.sequences
+        ]

@@ -1,0 +1,61 @@
+"""Calling a target safely: exceptions become ``crash`` findings, overruns become ``hang``
+findings, and an up-front ValueError naming an EngineConfig field marks the config unsupported."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import traceback
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from fuzzcache.contract import EngineConfig
+from fuzzcache.findings import Finding
+
+DEFAULT_TIME_LIMIT_S = 30.0
+CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig))
+
+
+class Unsupported(Exception):
+    """The target declined a config field it does not support (not a finding)."""
+
+
+class _Overrun(BaseException):
+    """Raised by the alarm inside the target's code; BaseException so targets cannot swallow it."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` (SIGALRM; only in the main thread, else unguarded)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Overrun()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float = DEFAULT_TIME_LIMIT_S) -> Any:
+    """``fn(*args)`` with findings for crashes and hangs; ``what`` names the call in messages."""
+    try:
+        with time_limit(limit_s):
+            return fn(*args)
+    except _Overrun:
+        raise Finding("hang", f"{what} made no progress within {limit_s:g}s", {"limit_s": limit_s}) from None
+    except Finding:
+        raise
+    except ValueError as exc:
+        if any(name in str(exc) for name in CONFIG_FIELDS):
+            raise Unsupported(str(exc)) from exc
+        raise Finding("crash", f"{what} raised ValueError: {exc}", {"traceback": traceback.format_exc(limit=-8)}) from exc
+    except Exception as exc:  # a crash on an input the contract allows
+        raise Finding("crash", f"{what} raised {type(exc).__name__}: {exc}", {"traceback": traceback.format_exc(limit=-8)}) from exc

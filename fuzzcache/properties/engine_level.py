@@ -1,0 +1,166 @@
+"""Engine-level properties: any target, through the contract.
+
+``engine.trace``: every request's output equals the oracle's greedy continuation
+(tie-aware), logits close where returned. ``engine.same.*``: metamorphic checks between two
+configs of one target, for when the oracle would be too slow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from fuzzcache.compare import compare_request, tolerance_for
+from fuzzcache.contract import EngineConfig
+from fuzzcache.coverage import reached
+from fuzzcache.findings import Finding, contract, mismatch
+from fuzzcache.guard import Unsupported, call_target
+from fuzzcache.properties.registry import Property, register
+from fuzzcache.scenario import TraceScenario
+from strategies.engine import min_pool_blocks, trace_scenarios
+
+from hypothesis import reject
+
+
+def run_generate(target, scenario: TraceScenario) -> list:
+    """``target.generate`` with crash/hang guards and the contract's shape checks."""
+    try:
+        out = call_target(f"{target.name}.generate", target.generate, scenario.requests, scenario.config)
+    except Unsupported as exc:
+        reached("config rejected by target")
+        reject()
+        raise AssertionError("unreachable") from exc
+    out = list(out)
+    if len(out) != len(scenario.requests):
+        raise contract(f"generate returned {len(out)} completions for {len(scenario.requests)} requests")
+    for req, comp in zip(scenario.requests, out):
+        if getattr(comp, "rid", None) != req.rid:
+            raise contract(f"completion {getattr(comp, 'rid', None)!r} where request {req.rid} was expected (order)")
+        tokens = list(comp.tokens)
+        if len(tokens) != req.max_new_tokens:
+            raise contract(f"request {req.rid}: {len(tokens)} tokens, max_new_tokens={req.max_new_tokens}", rid=req.rid)
+        if any(not 0 <= t < target.vocab_size for t in tokens):
+            raise contract(f"request {req.rid}: token outside the vocab", rid=req.rid)
+        logits = getattr(comp, "logits", None)
+        if logits is not None:
+            if tuple(logits.shape) != (len(tokens), target.vocab_size):
+                raise contract(f"request {req.rid}: logits shape {tuple(logits.shape)}, expected {(len(tokens), target.vocab_size)}", rid=req.rid)
+            if not torch.isfinite(logits.float()).all():
+                step = int((~torch.isfinite(logits.float())).any(-1).nonzero()[0])
+                raise contract(f"request {req.rid}: NaN/inf logits at step {step}", rid=req.rid, step=step)
+    note_paths(target, scenario, out)
+    return out
+
+
+def note_paths(target, scenario: TraceScenario, completions: list) -> None:
+    """Record which paths this example reached (statistics and the end report)."""
+    stats = [getattr(c, "stats", {}) or {} for c in completions]
+    engine = getattr(target, "last_stats", {}) or {}
+    total = lambda key: sum(s.get(key, 0) for s in stats)  # noqa: E731
+    if total("cached_prefix_tokens") > 0:
+        reached("prefix hit")
+    if total("preemptions") > 0:
+        reached("preemption")
+    if engine.get("evictions", 0) > 0:
+        reached("eviction")
+    if engine.get("fused_steps", 0) > 0:
+        reached("fused step")
+    for s in stats:
+        proposed, accepted = s.get("draft_proposed", 0), s.get("draft_accepted", 0)
+        if proposed:
+            reached("drafts all accepted" if accepted == proposed else "drafts rejected" if accepted == 0 else "drafts partly accepted")
+    c = scenario.config
+    if c.chunk_size and any(len(r.prompt) > c.chunk_size and len(r.prompt) % c.chunk_size for r in scenario.requests):
+        reached("short last chunk")
+    if len(scenario.requests) > 1 and len({len(r.prompt) for r in scenario.requests}) > 1:
+        reached("ragged batch")
+    if any(r.max_new_tokens == 0 for r in scenario.requests):
+        reached("max_new_tokens=0")
+
+
+def oracle_rows(target, prompt, tokens) -> torch.Tensor:
+    """One oracle forward over prompt + tokens: the rows (n, V) that chose each token."""
+    full = call_target(f"{target.name}.reference_logits", target.reference_logits, list(prompt) + list(tokens))
+    return full[len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
+
+
+def check_trace(target, scenario: TraceScenario) -> None:
+    tol = tolerance_for(getattr(target, "dtype", torch.float32))
+    completions = run_generate(target, scenario)
+    near_ties = 0
+    for req, comp in zip(scenario.requests, completions):
+        if not comp.tokens:
+            continue
+        result = compare_request(req.rid, list(comp.tokens), oracle_rows(target, req.prompt, comp.tokens), getattr(comp, "logits", None), tol)
+        if result.divergence:
+            d = result.divergence
+            raise mismatch(
+                f"request {d.rid} step {d.step}: expected token {d.expected}, got {d.got} "
+                f"(oracle margin {d.margin:.4g}, max abs logit diff {d.max_abs_diff:.3g}, {d.what})",
+                **dataclasses.asdict(d),
+            )
+        near_ties += result.near_tie_step is not None
+    if near_ties:
+        reached("near-tie")
+
+
+register(Property(
+    id="engine.trace",
+    level="engine",
+    description="generate() equals the oracle's greedy continuation for every request of a trace",
+    scenario_type=TraceScenario,
+    strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len),
+    check=check_trace,
+))
+
+
+def check_same(variant):
+    """A metamorphic check: the scenario's config and ``variant(config)`` give the same tokens,
+    up to near-ties judged by the oracle at the first difference."""
+
+    def check(target, scenario: TraceScenario) -> None:
+        tol = tolerance_for(getattr(target, "dtype", torch.float32))
+        other = TraceScenario(scenario.requests, variant(scenario))
+        a, b = run_generate(target, scenario), run_generate(target, other)
+        for req, ca, cb in zip(scenario.requests, a, b):
+            ta, tb = list(ca.tokens), list(cb.tokens)
+            step = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
+            if step is None:
+                continue
+            row = oracle_rows(target, req.prompt, ta[: step + 1])[-1]
+            margin = abs(float(row[ta[step]] - row[tb[step]]))
+            if margin > tol.tie or math.isnan(margin):
+                raise mismatch(
+                    f"request {req.rid} step {step}: config A gave {ta[step]}, config B gave {tb[step]} "
+                    f"(oracle margin between them {margin:.4g}); B = {other.config}",
+                    rid=req.rid, step=step, expected=ta[step], got=tb[step], margin=margin, max_abs_diff=0.0, what="metamorphic",
+                )
+            reached("near-tie")
+
+    return check
+
+
+def _metamorphic(pid: str, description: str, requires: set[str], variant) -> None:
+    register(Property(
+        id=pid, level="engine", description=description, scenario_type=TraceScenario,
+        strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len),
+        check=check_same(variant), requires=frozenset(requires),
+    ))
+
+
+def _with(scenario: TraceScenario, **fields) -> EngineConfig:
+    return dataclasses.replace(scenario.config, **fields)
+
+
+_metamorphic("engine.same.prefix_cache", "prefix cache on == off", {"prefix_cache"},
+             lambda s: _with(s, prefix_cache=not s.config.prefix_cache))
+_metamorphic("engine.same.chunked", "chunked prefill == whole prompt", {"chunked_prefill"},
+             lambda s: _with(s, chunk_size=None, max_batch_tokens=None))
+_metamorphic("engine.same.speculative", "k drafts == no drafts", {"speculative"},
+             lambda s: _with(s, spec_k=0))
+_metamorphic("engine.same.fused", "fused step == separate forwards", {"interleave"},
+             lambda s: _with(s, interleave=not s.config.interleave))
+_metamorphic("engine.same.pool", "small pool == unbounded pool", {"preemption", "paged"},
+             lambda s: _with(s, num_blocks=None if s.config.num_blocks else min_pool_blocks(s.requests, s.config)))

@@ -1,0 +1,55 @@
+"""The property registry: each property has a stable id, a scenario type, a strategy and a check."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from hypothesis import strategies as st
+
+
+@dataclass(frozen=True)
+class Property:
+    id: str  # stable, e.g. "engine.trace"; corpus files and --property use it
+    level: str  # "engine" (any target, through the contract) or "op" (the reference engine's own paths)
+    description: str
+    scenario_type: type
+    strategy: Callable[[Any], st.SearchStrategy]  # target -> strategy of scenarios
+    check: Callable[[Any, Any], None]  # (target, scenario) -> None, raises Finding
+    requires: frozenset[str] = frozenset()  # target features needed
+    examples: tuple = field(default=())  # explicit examples (the seeds' fixed parameters)
+
+    def applies_to(self, target) -> bool:
+        if self.level == "op" and not hasattr(target, "model"):
+            return False
+        return self.requires <= frozenset(getattr(target, "features", ()))
+
+
+PROPERTIES: dict[str, Property] = {}
+
+
+def register(prop: Property) -> Property:
+    if prop.id in PROPERTIES:
+        raise ValueError(f"property {prop.id!r} registered twice")
+    PROPERTIES[prop.id] = prop
+    return prop
+
+
+def select(patterns: list[str] | None = None) -> list[Property]:
+    """Properties whose id matches any glob in ``patterns`` (all when none); unknown patterns are an error."""
+    if not patterns:
+        return list(PROPERTIES.values())
+    chosen = []
+    for pattern in patterns:
+        hits = [p for p in PROPERTIES.values() if fnmatch.fnmatchcase(p.id, pattern)]
+        if not hits:
+            raise ValueError(f"no property matches {pattern!r}; known: {', '.join(PROPERTIES)}")
+        chosen += [p for p in hits if p not in chosen]
+    return chosen
+
+
+def get(prop_id: str) -> Property:
+    if prop_id not in PROPERTIES:
+        raise ValueError(f"unknown property {prop_id!r}; known: {', '.join(PROPERTIES)}")
+    return PROPERTIES[prop_id]

@@ -1,0 +1,64 @@
+"""pytest plugin (entry point ``pytest11``): registers the Hypothesis profiles, adds
+``--fuzzcache-target`` and ``--fuzzcache-corpus``, and collects ``corpus/**/*.json`` files
+as test items that pass when their target now agrees with the oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
+
+
+def pytest_addoption(parser) -> None:
+    group = parser.getgroup("fuzzcache")
+    group.addoption("--fuzzcache-target", default="reference", help="target the property tests fuzz (name or pkg.module:attr)")
+    group.addoption("--fuzzcache-corpus", default="corpus", help="folder where shrunk failures are saved")
+
+
+@pytest.fixture(scope="session")
+def fuzzcache_target_spec(request) -> str:
+    return request.config.getoption("--fuzzcache-target")
+
+
+@pytest.fixture(scope="session")
+def fuzzcache_target(fuzzcache_target_spec):
+    from fuzzcache.targets import resolve_target
+
+    return resolve_target(fuzzcache_target_spec)
+
+
+@pytest.fixture(scope="session")
+def fuzzcache_corpus(request) -> Path:
+    return Path(request.config.getoption("--fuzzcache-corpus"))
+
+
+def pytest_collect_file(file_path: Path, parent):
+    if file_path.suffix == ".json" and "corpus" in file_path.parts and not file_path.name.startswith(".tmp-"):
+        return CorpusFile.from_parent(parent, path=file_path)
+    return None
+
+
+class CorpusFile(pytest.File):
+    def collect(self):
+        yield CorpusItem.from_parent(self, name=self.path.stem)
+
+
+class CorpusItem(pytest.Item):
+    """One saved repro: passes when the target now agrees with the oracle."""
+
+    def runtest(self) -> None:
+        from fuzzcache.corpus import load
+        from fuzzcache.runner import replay
+
+        case = load(self.path)  # a CorpusError names the file
+        finding = replay(case)
+        if finding is not None:
+            raise AssertionError(f"{self.path}: still fails: {finding}")
+
+    def repr_failure(self, excinfo):
+        return str(excinfo.value)
+
+    def reportinfo(self):
+        return self.path, None, f"corpus: {self.path}"

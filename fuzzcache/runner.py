@@ -1,0 +1,128 @@
+"""Running a property under Hypothesis against a target, and replaying saved cases.
+
+A failing example is run twice more; a target that disagrees with itself is reported as
+``nondeterministic``. The minimal example Hypothesis ends on is saved to the corpus.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, Phase, example, given, settings as Settings
+
+from fuzzcache import corpus, coverage
+from fuzzcache.findings import Finding
+from fuzzcache.properties import Property
+
+RERUNS = 2
+
+
+@dataclass
+class Saved:
+    property: str
+    kind: str
+    message: str
+    path: Path | None
+    new: bool
+    scenario: Any
+
+
+@dataclass
+class PropertyRun:
+    property: str
+    examples: int = 0
+    seconds: float = 0.0
+    found: list[Saved] = field(default_factory=list)
+    paths: Counter = field(default_factory=Counter)
+    error: str | None = None  # the run could not complete (e.g. every example rejected)
+
+
+def checked(prop: Property, target, scenario) -> None:
+    """Run the check; on a finding, rerun to tell a real failure from a flaky target."""
+    try:
+        prop.check(target, scenario)
+    except Finding as first:
+        outcomes = []
+        for _ in range(RERUNS):
+            try:
+                prop.check(target, scenario)
+                outcomes.append(None)
+            except Finding as again:
+                outcomes.append(again.kind)
+        if any(kind != first.kind for kind in outcomes):
+            raise Finding("nondeterministic", f"the same input gave {[first.kind, *outcomes]} on {1 + RERUNS} runs; first: {first.message}", first.details) from first
+        raise
+
+
+def run_property(
+    prop: Property,
+    target,
+    target_spec: str,
+    hypothesis_settings: Settings,
+    corpus_dir: Path | str | None,
+    on_example: Callable[[], None] | None = None,
+) -> PropertyRun:
+    """One Hypothesis run of ``prop`` on ``target``; saves the shrunk failure if any."""
+    run = PropertyRun(prop.id)
+    last_failure: list = []
+
+    def test(scenario):
+        run.examples += 1
+        if on_example:
+            on_example()
+        try:
+            checked(prop, target, scenario)
+        except Finding as f:
+            last_failure[:] = [scenario, f]
+            raise
+
+    for ex in prop.examples:
+        test = example(ex)(test)
+    s = Settings(hypothesis_settings, report_multiple_bugs=False,
+                 suppress_health_check=list(HealthCheck), phases=[p for p in hypothesis_settings.phases if p != Phase.explain])
+    hypothesis_test = s(given(prop.strategy(target))(test))
+    coverage.take()
+    start = time.perf_counter()
+    try:
+        hypothesis_test()
+    except KeyboardInterrupt:
+        run.seconds = time.perf_counter() - start
+        run.paths = coverage.take()
+        if last_failure:  # keep what was found, shrunk or not
+            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure))
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hypothesis re-raises the minimal failure
+        if last_failure:
+            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure))
+        else:
+            run.error = f"{type(exc).__name__}: {exc}"
+    run.seconds = time.perf_counter() - start
+    run.paths = coverage.take()
+    return run
+
+
+def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding) -> Saved:
+    path, new = (None, True)
+    if corpus_dir is not None:
+        path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding)
+    return Saved(prop.id, finding.kind, finding.message, path, new, scenario)
+
+
+def replay(case: corpus.Case, target=None) -> Finding | None:
+    """Run a saved case again; the finding if it still fails, None if the target now agrees."""
+    from fuzzcache.guard import Unsupported
+    from fuzzcache.properties import get
+    from fuzzcache.targets import resolve_target
+
+    target = target if target is not None else resolve_target(case.target)
+    try:
+        checked(get(case.property), target, case.scenario)
+    except Finding as f:
+        return f
+    except Unsupported as exc:
+        return Finding("contract", f"the target now rejects this config: {exc}")
+    return None

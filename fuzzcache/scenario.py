@@ -1,0 +1,58 @@
+"""Scenarios: the frozen, JSON-serialisable inputs a property runs on, and their codec."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from fuzzcache.contract import EngineConfig, Request
+from fuzzcache.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class TraceScenario:
+    """Engine-level input: a request trace and the engine config to run it under."""
+
+    requests: tuple[Request, ...]
+    config: EngineConfig
+
+    def short(self) -> str:
+        c = self.config
+        reqs = " ".join(f"[prompt={len(r.prompt)} new={r.max_new_tokens}" + (f" at={r.arrival}]" if r.arrival else "]") for r in self.requests)
+        changed = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if getattr(c, f.name) != f.default}
+        return f"{reqs} " + " ".join(f"{k}={v}" for k, v in changed.items())
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses to dicts, tuples to lists, recursively."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(x) for x in obj]
+    return obj
+
+
+def from_jsonable(cls: Any, data: Any) -> Any:
+    """Rebuild a value of type ``cls`` (dataclass, tuple[...], list[...], scalar) from JSON data."""
+    origin = typing.get_origin(cls)
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(data, dict):
+            raise ValueError(f"expected an object for {cls.__name__}, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)} for {cls.__name__}")
+        return cls(**{k: from_jsonable(hints[k], v) for k, v in data.items()})
+    if origin is tuple:
+        args = typing.get_args(cls)
+        item = args[0]
+        return tuple(from_jsonable(item, x) for x in data)
+    if origin is list:
+        return [from_jsonable(typing.get_args(cls)[0], x) for x in data]
+    return data
+
+
+__all__ = ["TraceScenario", "to_jsonable", "from_jsonable", "Request", "EngineConfig", "ModelConfig"]

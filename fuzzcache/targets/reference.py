@@ -1,0 +1,37 @@
+"""The reference engine as a target: TinyGPT plus the scheduler, every feature on offer."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from fuzzcache.contract import FEATURES, Completion, EngineConfig, Request, validate_requests
+from fuzzcache.engine.scheduler import Scheduler
+from fuzzcache.model import ModelConfig, TinyGPT
+from fuzzcache.oracle import full_logits
+
+
+class ReferenceTarget:
+    """fuzzcache's own engine. ``last_stats`` holds the engine-wide counters of the latest
+    ``generate`` (steps, evictions, prefix_hit_blocks, fused_steps, preemptions)."""
+
+    scheduler_class = Scheduler  # mutants and tests swap in a subclass
+
+    def __init__(self, model_config: ModelConfig | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu", name: str = "reference"):
+        self.model = TinyGPT(model_config or ModelConfig(), dtype=dtype, device=device)
+        self.name = name
+        self.vocab_size = self.model.config.vocab_size
+        self.max_seq_len = self.model.config.max_seq_len
+        self.features = FEATURES
+        self.last_stats: dict[str, int] = {}
+
+    def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        return full_logits(self.model, tokens)
+
+    def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
+        validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        scheduler = self.scheduler_class(self.model, config, list(requests))
+        completions = scheduler.run()
+        self.last_stats = scheduler.engine_stats
+        return completions

@@ -1,0 +1,31 @@
+"""Scalar strategies: prompt lengths biased to block boundaries, block and chunk sizes, counts."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+
+def block_sizes(max_size: int = 8) -> st.SearchStrategy[int]:
+    """Block sizes from 1 (shrink target), including non-powers of two, plus the default 16."""
+    return st.one_of(st.integers(1, max_size), st.just(16))
+
+
+def prompt_lengths(block_size: int, max_len: int) -> st.SearchStrategy[int]:
+    """Lengths >= 1, half the time at k*B-1, k*B or k*B+1 for block size B (where bugs live)."""
+    boundary = st.builds(lambda k, d: max(1, k * block_size + d), st.integers(1, max(1, max_len // block_size)), st.sampled_from([0, -1, 1]))
+    return st.one_of(st.integers(1, max_len), boundary).map(lambda n: min(n, max_len))
+
+
+def chunk_sizes(max_size: int = 8) -> st.SearchStrategy[int | None]:
+    """None (whole prompt) or any chunk size >= 1, most of which do not divide the prompt."""
+    return st.one_of(st.none(), st.integers(1, max_size))
+
+
+def max_new_tokens(max_new: int = 8) -> st.SearchStrategy[int]:
+    """From 0 (a request that must return no token) up to ``max_new``."""
+    return st.integers(0, max_new)
+
+
+def accept_counts(k: int) -> st.SearchStrategy[int]:
+    """0..k drafts accepted; k is all accepted (the bonus token)."""
+    return st.integers(0, k)
