@@ -12,6 +12,7 @@ from rich.console import Console
 from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
 from fuzzcache.corpus import CorpusError, iter_files, load
 from fuzzcache.targets import UnknownTarget, available_targets, resolve_target
+from fuzzcache.threads import configure_threads
 
 
 def fail(message: str) -> None:
@@ -29,6 +30,7 @@ def target_or_fail(spec: str):
 @click.group()
 def main() -> None:
     """Property-based differential fuzzer for the KV-cache machinery of LLM inference engines."""
+    configure_threads()
 
 
 @main.command()
@@ -39,10 +41,14 @@ def main() -> None:
 @click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(path_type=Path))
 @click.option("--database", "database_dir", default=None, type=click.Path(path_type=Path), help="Hypothesis example database folder (share it between workers)")
 @click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and junit.xml go")
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir) -> None:
+@click.option("--example-timeout", default=60.0, show_default=True, help="seconds one call into the target may take before it is a 'hang' finding")
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir, example_timeout) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved."""
+    from fuzzcache import guard
     from fuzzcache.campaign import parse_budget, print_report, run_campaign, write_reports
     from fuzzcache.properties import select
+
+    guard.TIME_LIMIT_S = example_timeout
 
     try:
         budget_s = parse_budget(budget)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 from fuzzcache.contract import EngineConfig
 from fuzzcache.findings import Finding
 
-DEFAULT_TIME_LIMIT_S = 30.0
+TIME_LIMIT_S = 60.0  # per call into a target; `fuzzcache fuzz --example-timeout` sets it
 CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig))
 
 
@@ -44,8 +44,9 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float = DEFAULT_TIME_LIMIT_S) -> Any:
+def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | None = None) -> Any:
     """``fn(*args)`` with findings for crashes and hangs; ``what`` names the call in messages."""
+    limit_s = TIME_LIMIT_S if limit_s is None else limit_s
     try:
         with time_limit(limit_s):
             return fn(*args)

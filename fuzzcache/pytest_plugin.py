@@ -17,6 +17,12 @@ def pytest_addoption(parser) -> None:
     group.addoption("--fuzzcache-corpus", default="corpus", help="folder where shrunk failures are saved")
 
 
+def pytest_configure(config) -> None:
+    from fuzzcache.threads import configure_threads
+
+    configure_threads()
+
+
 @pytest.fixture(scope="session")
 def fuzzcache_target_spec(request) -> str:
     return request.config.getoption("--fuzzcache-target")

@@ -80,15 +80,23 @@ def run_property(
             last_failure[:] = [scenario, f]
             raise
 
-    for ex in prop.examples:
-        test = example(ex)(test)
-    s = Settings(hypothesis_settings, report_multiple_bugs=False,
-                 suppress_health_check=list(HealthCheck), phases=[p for p in hypothesis_settings.phases if p != Phase.explain])
-    hypothesis_test = s(given(prop.strategy(target))(test))
+    # Generated examples first, so a failure is shrunk; the explicit examples (the seeds'
+    # fixed parameters, which Hypothesis never shrinks) only when nothing was found.
+    phases = [p for p in hypothesis_settings.phases if p != Phase.explain]
+    generated = Settings(hypothesis_settings, report_multiple_bugs=False, suppress_health_check=list(HealthCheck),
+                         phases=[p for p in phases if p != Phase.explicit])
+    passes = [generated(given(prop.strategy(target))(test))]
+    if prop.examples and Phase.explicit in phases:
+        explicit_test = given(prop.strategy(target))(test)
+        for ex in prop.examples:
+            explicit_test = example(ex)(explicit_test)
+        passes.append(Settings(generated, phases=[Phase.explicit])(explicit_test))
     coverage.take()
     start = time.perf_counter()
     try:
-        hypothesis_test()
+        for hypothesis_test in passes:
+            if not last_failure:
+                hypothesis_test()
     except KeyboardInterrupt:
         run.seconds = time.perf_counter() - start
         run.paths = coverage.take()

@@ -17,11 +17,8 @@ import torch
 
 from fuzzcache.contract import Completion, EngineConfig, Request
 from fuzzcache.engine.batching import Row
-from fuzzcache.engine.drafts import make_draft
-from fuzzcache.engine.fused_step import run_step
-from fuzzcache.engine.paged import BlockAllocator, BlockPool, blocks_needed, gather, scatter, slot_of
-from fuzzcache.engine.prefix_cache import PrefixCache
-from fuzzcache.engine.speculative import greedy_verify
+from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
+from fuzzcache.engine.paged import BlockPool, blocks_needed, slot_of
 from fuzzcache.model import TinyGPT
 
 STAT_KEYS = ("cached_prefix_tokens", "preemptions", "draft_proposed", "draft_accepted", "fused_steps")
@@ -65,13 +62,13 @@ class Work:
 class Scheduler:
     """Runs one batch of requests to completion under an EngineConfig."""
 
-    def __init__(self, model: TinyGPT, config: EngineConfig, requests: list[Request]):
-        self.model, self.config = model, config
+    def __init__(self, model: TinyGPT, config: EngineConfig, requests: list[Request], ops: EngineOps = DEFAULT_OPS):
+        self.model, self.config, self.ops = model, config, ops
         b = config.block_size
         unbounded = sum(blocks_needed(len(r.prompt) + r.max_new_tokens + config.spec_k, b) for r in requests)
         self.pool = BlockPool(model.config, config.num_blocks or max(unbounded, 1), b, model.dtype, model.device)
-        self.allocator = BlockAllocator(self.pool)
-        self.prefix = PrefixCache(self.allocator, b) if config.prefix_cache else None
+        self.allocator = ops.allocator_class(self.pool)
+        self.prefix = ops.prefix_cache_class(self.allocator, b) if config.prefix_cache else None
         self.sequences = [Sequence(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: requests[i].arrival)
         self.waiting: deque[Sequence] = deque(self.sequences[i] for i in order if not self.sequences[i].done)
@@ -87,7 +84,7 @@ class Scheduler:
         remaining = len(tokens) - seq.num_computed
         if remaining == 1 and self.config.spec_k > 0:
             k = int(min(self.config.spec_k, seq.request.max_new_tokens - len(seq.output) - 1, budget - 1))
-            drafts = make_draft(self.config.draft, self.model.config.vocab_size, tokens).propose(tokens, k) if k > 0 else []
+            drafts = self.ops.make_draft(self.config.draft, self.model.config.vocab_size, tokens).propose(tokens, k) if k > 0 else []
             return Work(seq, 1 + len(drafts), drafts)
         return Work(seq, int(min(remaining, self.config.chunk_size or remaining, budget)), [])
 
@@ -98,7 +95,8 @@ class Scheduler:
         seq.block_table.extend(self.allocator.allocate() for _ in range(n_blocks))
 
     def release(self, seq: Sequence) -> None:
-        for block in seq.block_table:
+        """Free back to front, so a cached chain's head is the last of it to be evicted."""
+        for block in reversed(seq.block_table):
             self.allocator.deallocate(block)
         seq.block_table = []
 
@@ -161,13 +159,13 @@ class Scheduler:
         for w in plan:
             nc = w.seq.num_computed
             new_tokens = w.seq.tokens[nc : nc + w.n - len(w.drafts)] + w.drafts
-            cache = gather(self.pool, w.seq.block_table, nc) if nc else None
+            cache = self.ops.gather(self.pool, w.seq.block_table, nc) if nc else None
             rows.append(Row(new_tokens, cache))
-        results, fused = run_step(self.model, rows, [w.is_decode for w in plan], self.config.interleave)
+        results, fused = self.ops.run_step(self.model, rows, [w.is_decode for w in plan], self.config.interleave, self.ops.ragged_forward)
         if fused:
             self.engine_stats["fused_steps"] += 1
         for w, (logits, new_kv) in zip(plan, results):
-            scatter(self.pool, w.seq.block_table, w.seq.num_computed, new_kv)
+            self.ops.scatter(self.pool, w.seq.block_table, w.seq.num_computed, new_kv)
             if fused:
                 w.seq.stats["fused_steps"] += 1
             self.advance(w, logits)
@@ -176,7 +174,7 @@ class Scheduler:
         """Account for the computed tokens: emit, verify drafts, trim, commit, retire."""
         seq = w.seq
         if w.drafts:
-            emitted, accepted = greedy_verify(logits, w.drafts)
+            emitted, accepted = self.ops.greedy_verify(logits, w.drafts)
             seq.stats["draft_proposed"] += len(w.drafts)
             seq.stats["draft_accepted"] += accepted
             self.trim_rejected(seq, seq.num_computed + 1 + accepted, seq.num_computed + w.n)

@@ -86,7 +86,8 @@ def oracle_rows(target, prompt, tokens) -> torch.Tensor:
     return full[len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
 
 
-def check_trace(target, scenario: TraceScenario) -> None:
+def check_trace(target, scenario: TraceScenario) -> list:
+    """Every request's tokens equal the oracle's (tie-aware); returns the completions."""
     tol = tolerance_for(getattr(target, "dtype", torch.float32))
     completions = run_generate(target, scenario)
     near_ties = 0
@@ -104,6 +105,7 @@ def check_trace(target, scenario: TraceScenario) -> None:
         near_ties += result.near_tie_step is not None
     if near_ties:
         reached("near-tie")
+    return completions
 
 
 register(Property(
@@ -142,10 +144,10 @@ def check_same(variant):
     return check
 
 
-def _metamorphic(pid: str, description: str, requires: set[str], variant) -> None:
+def _metamorphic(pid: str, description: str, requires: set[str], variant, tight_pool: bool = False) -> None:
     register(Property(
         id=pid, level="engine", description=description, scenario_type=TraceScenario,
-        strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len),
+        strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len, tight_pool),
         check=check_same(variant), requires=frozenset(requires),
     ))
 
@@ -163,4 +165,4 @@ _metamorphic("engine.same.speculative", "k drafts == no drafts", {"speculative"}
 _metamorphic("engine.same.fused", "fused step == separate forwards", {"interleave"},
              lambda s: _with(s, interleave=not s.config.interleave))
 _metamorphic("engine.same.pool", "small pool == unbounded pool", {"preemption", "paged"},
-             lambda s: _with(s, num_blocks=None if s.config.num_blocks else min_pool_blocks(s.requests, s.config)))
+             lambda s: _with(s, num_blocks=None), tight_pool=True)

@@ -21,7 +21,7 @@ class Property:
     examples: tuple = field(default=())  # explicit examples (the seeds' fixed parameters)
 
     def applies_to(self, target) -> bool:
-        if self.level == "op" and not hasattr(target, "model"):
+        if self.level == "op" and not hasattr(target, "ops"):
             return False
         return self.requires <= frozenset(getattr(target, "features", ()))
 

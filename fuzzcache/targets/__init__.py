@@ -27,7 +27,8 @@ def available_targets() -> list[str]:
 
 
 def _instantiate(obj, spec: str):
-    target = obj() if callable(obj) and not hasattr(obj, "generate") else obj
+    factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "generate"))
+    target = obj() if factory else obj
     missing = [a for a in REQUIRED_ATTRS if not hasattr(target, a)]
     if missing:
         raise UnknownTarget(f"target {spec!r} resolved to {target!r}, which lacks the contract's {', '.join(missing)}")

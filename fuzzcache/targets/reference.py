@@ -7,19 +7,31 @@ from typing import Sequence
 import torch
 
 from fuzzcache.contract import FEATURES, Completion, EngineConfig, Request, validate_requests
+from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
 from fuzzcache.engine.scheduler import Scheduler
 from fuzzcache.model import ModelConfig, TinyGPT
 from fuzzcache.oracle import full_logits
 
 
 class ReferenceTarget:
-    """fuzzcache's own engine. ``last_stats`` holds the engine-wide counters of the latest
-    ``generate`` (steps, evictions, prefix_hit_blocks, fused_steps, preemptions)."""
+    """fuzzcache's own engine. ``ops`` are the operations its fast paths use (a planted bug
+    replaces one); ``last_stats`` holds the engine-wide counters of the latest ``generate``
+    (steps, evictions, prefix_hit_blocks, fused_steps, preemptions)."""
 
-    scheduler_class = Scheduler  # mutants and tests swap in a subclass
+    scheduler_class = Scheduler  # mutants and tests may swap in a subclass
 
-    def __init__(self, model_config: ModelConfig | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu", name: str = "reference"):
+    def __init__(
+        self,
+        model_config: ModelConfig | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        name: str = "reference",
+        ops: EngineOps = DEFAULT_OPS,
+    ):
         self.model = TinyGPT(model_config or ModelConfig(), dtype=dtype, device=device)
+        self.dtype = dtype
+        self.device = device
+        self.ops = ops
         self.name = name
         self.vocab_size = self.model.config.vocab_size
         self.max_seq_len = self.model.config.max_seq_len
@@ -31,7 +43,7 @@ class ReferenceTarget:
 
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
-        scheduler = self.scheduler_class(self.model, config, list(requests))
+        scheduler = self.scheduler_class(self.model, config, list(requests), self.ops)
         completions = scheduler.run()
         self.last_stats = scheduler.engine_stats
         return completions

@@ -1,0 +1,371 @@
+"""The corpus (ARCHITECTURE.md section 6) and everything that reads it back: ``corpus.save`` and
+``corpus.load``, ``fuzzcache replay``, the pytest plugin's corpus items, and the ``fuzz`` and
+``list`` commands end to end, on the reference engine and on a planted-bug target module that
+is named ``module:attr`` the way a user names their own engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fuzzcache import corpus, guard
+from fuzzcache.cli import main
+from fuzzcache.contract import EngineConfig, Request
+from fuzzcache.findings import Finding
+from fuzzcache.scenario import TraceScenario, to_jsonable
+
+pytest_plugins = ["pytester"]
+
+PLANTED_MODULE = "fuzzcache_planted_bug"
+PLANTED = f"{PLANTED_MODULE}:make_target"
+PLANTED_SOURCE = '''
+from fuzzcache.model import ModelConfig
+from fuzzcache.targets.reference import ReferenceTarget
+
+
+class LastTokenOffByOne(ReferenceTarget):
+    """The reference engine with a planted bug: the last token of every completion is off by one.
+    No optional features, so Hypothesis draws and shrinks small configs."""
+
+    def __init__(self):
+        config = ModelConfig(vocab_size=32, n_layer=1, n_head=2, n_kv_head=1, head_dim=4, max_seq_len=16)
+        super().__init__(config, name="last-token-off-by-one")
+        self.features = frozenset()
+
+    def generate(self, requests, config):
+        out = super().generate(requests, config)
+        for c in out:
+            if c.tokens:
+                c.tokens[-1] = (c.tokens[-1] + 1) % self.vocab_size
+        return out
+
+
+def make_target():
+    return LastTokenOffByOne()
+'''
+
+# Three greedy tokens after a short prompt; the reference agrees with the oracle on it, the
+# planted bug does not (its last token is off by one, far beyond the tie tolerance).
+SCENARIO = TraceScenario((Request(0, (1, 2, 3), 3), Request(1, (4, 5), 2, arrival=1)), EngineConfig(block_size=2))
+FINDING = Finding("mismatch", "request 0 step 2: expected token 7, got 8", {"rid": 0, "step": 2, "traceback": "Traceback ..."})
+
+
+@pytest.fixture
+def planted(tmp_path, monkeypatch) -> str:
+    """A user's target module outside the package, importable as ``fuzzcache_planted_bug``."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / f"{PLANTED_MODULE}.py").write_text(PLANTED_SOURCE)
+    monkeypatch.syspath_prepend(str(src))
+    monkeypatch.delitem(sys.modules, PLANTED_MODULE, raising=False)
+    yield PLANTED
+    sys.modules.pop(PLANTED_MODULE, None)
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """Run ``fuzzcache ...`` in-process; ``fuzz`` sets guard.TIME_LIMIT_S, which is restored after."""
+    monkeypatch.setattr(guard, "TIME_LIMIT_S", guard.TIME_LIMIT_S)
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def save(corpus_dir: Path, target: str = "reference", scenario: TraceScenario = SCENARIO, finding: Finding = FINDING):
+    return corpus.save(corpus_dir, target, "engine.trace", scenario, finding)
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+# --- save ----------------------------------------------------------------------------------
+
+
+def test_save_writes_a_readable_content_addressed_file(tmp_path):
+    path, new = save(tmp_path / "corpus")
+    assert new
+    digest = corpus.case_hash("reference", "engine.trace", SCENARIO)
+    assert len(digest) == 40 and int(digest, 16) >= 0
+    assert path == tmp_path / "corpus" / "reference" / "engine.trace" / f"crash-{digest}.json"
+    assert files_under(tmp_path) == [path]
+    text = path.read_text()
+    assert text.startswith("{\n  ") and text.endswith("}\n")  # indented for people to read
+    record = json.loads(text)
+    assert record["schema"] == corpus.SCHEMA_VERSION
+    assert (record["target"], record["property"], record["kind"]) == ("reference", "engine.trace", "mismatch")
+    assert record["message"] == FINDING.message
+    assert record["scenario"] == to_jsonable(SCENARIO)
+    assert record["divergence"] == {"rid": 0, "step": 2}
+    assert record["traceback"] == "Traceback ..."
+    assert set(record["versions"]) == {"fuzzcache", "torch", "hypothesis"}
+    assert record["date"][:2] == "20" and "T" in record["date"]
+
+
+def test_the_hash_covers_target_property_and_scenario():
+    base = corpus.case_hash("reference", "engine.trace", SCENARIO)
+    other_scenario = TraceScenario(SCENARIO.requests, EngineConfig(block_size=3))
+    assert corpus.case_hash("reference", "engine.trace", SCENARIO) == base
+    assert corpus.case_hash("other", "engine.trace", SCENARIO) != base
+    assert corpus.case_hash("reference", "engine.same.pool", SCENARIO) != base
+    assert corpus.case_hash("reference", "engine.trace", other_scenario) != base
+
+
+def test_saving_again_is_not_new_and_never_overwrites(tmp_path):
+    path, new = save(tmp_path)
+    original = path.read_bytes()
+    again, new_again = save(tmp_path, finding=Finding("crash", "a different message for the same input"))
+    assert (again, new, new_again) == (path, True, False)
+    assert files_under(tmp_path) == [path]
+    assert path.read_bytes() == original
+
+
+def test_a_file_that_appears_while_saving_is_kept(tmp_path, monkeypatch):
+    """Two workers saving the same case at once: the loser neither overwrites nor leaves debris."""
+    real_link = os.link
+
+    def racing_link(src, dst):
+        Path(dst).write_text("the other worker's file\n")
+        return real_link(src, dst)
+
+    monkeypatch.setattr(corpus.os, "link", racing_link)
+    path, new = save(tmp_path)
+    assert not new
+    assert files_under(tmp_path) == [path]
+    assert path.read_text() == "the other worker's file\n"
+
+
+def test_save_leaves_no_temporary_files(tmp_path):
+    for i in range(3):
+        save(tmp_path, target=f"t{i}")
+        save(tmp_path, target=f"t{i}")
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+    assert len(files_under(tmp_path)) == 3
+
+
+# --- load ----------------------------------------------------------------------------------
+
+
+def test_load_round_trips_the_scenario(tmp_path):
+    path, _ = save(tmp_path, target=PLANTED)
+    case = corpus.load(path)
+    assert case.scenario == SCENARIO
+    assert isinstance(case.scenario, TraceScenario) and isinstance(case.scenario.requests, tuple)
+    assert isinstance(case.scenario.requests[0].prompt, tuple)
+    assert (case.path, case.target, case.property, case.kind, case.message) == (path, PLANTED, "engine.trace", "mismatch", FINDING.message)
+
+
+def record(**changes) -> dict:
+    r = {"schema": corpus.SCHEMA_VERSION, "property": "engine.trace", "target": "reference",
+         "kind": "mismatch", "message": "m", "scenario": to_jsonable(SCENARIO)}
+    r.update(changes)
+    return {k: v for k, v in r.items() if v is not DROP}
+
+
+DROP = object()
+BAD_SCENARIO = to_jsonable(SCENARIO)
+BAD_REQUEST = {**BAD_SCENARIO, "requests": [{**BAD_SCENARIO["requests"][0], "priority": 1}]}
+
+UNUSABLE = {
+    "corrupt JSON": ('{"schema": 1, "property": ', "not a readable corpus file"),
+    "not UTF-8": (b"\xff\xfe\x00garbage", "not a readable corpus file"),
+    "a JSON list": (json.dumps([record()]), "expected a JSON object"),
+    "unknown schema": (json.dumps(record(schema=99)), "unknown corpus schema 99"),
+    "no schema": (json.dumps(record(schema=DROP)), "unknown corpus schema None"),
+    "missing property": (json.dumps(record(property=DROP)), "missing field 'property'"),
+    "missing target": (json.dumps(record(target=DROP)), "missing field 'target'"),
+    "missing scenario": (json.dumps(record(scenario=DROP)), "missing field 'scenario'"),
+    "unknown property": (json.dumps(record(property="engine.nosuch")), "unknown property 'engine.nosuch'"),
+    "unknown scenario field": (json.dumps(record(scenario={**BAD_SCENARIO, "seed": 3})), "unknown field(s) ['seed']"),
+    "unknown request field": (json.dumps(record(scenario=BAD_REQUEST)), "unknown field(s) ['priority']"),
+    "scenario field missing": (json.dumps(record(scenario={"requests": BAD_SCENARIO["requests"]})), "config"),
+    "scenario not an object": (json.dumps(record(scenario=[1, 2])), "expected an object"),
+}
+
+
+@pytest.mark.parametrize("what", list(UNUSABLE))
+def test_an_unusable_file_is_an_error_naming_it(tmp_path, what):
+    content, why = UNUSABLE[what]
+    path = tmp_path / "corpus" / "reference" / "engine.trace" / "crash-bad.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+    with pytest.raises(corpus.CorpusError) as excinfo:
+        corpus.load(path)
+    assert str(path) in str(excinfo.value)
+    assert why in str(excinfo.value)
+
+
+def test_iter_files_finds_json_under_folders_and_rejects_missing_paths(tmp_path):
+    a, _ = save(tmp_path / "c", target="a")
+    b, _ = save(tmp_path / "c", target="b")
+    (a.parent / ".tmp-123.json").write_text("{}")
+    assert corpus.iter_files([tmp_path / "c"]) == [a, b]
+    assert corpus.iter_files([b]) == [b]
+    with pytest.raises(corpus.CorpusError, match="nosuch"):
+        corpus.iter_files([tmp_path / "nosuch"])
+
+
+# --- fuzzcache replay ----------------------------------------------------------------------
+
+
+def test_replay_a_case_that_still_fails(tmp_path, planted, cli):
+    path, _ = save(tmp_path, target=planted)
+    result = cli("replay", path)
+    assert result.exit_code == 1, result.output
+    assert f"FAILS  {path}: [mismatch] request 0 step 2" in result.output
+    assert "1 file(s): 1 still failing, 0 unreadable, 0 fixed" in result.output
+
+
+def test_replay_a_case_the_target_now_gets_right(tmp_path, cli):
+    path, _ = save(tmp_path, target="reference")
+    result = cli("replay", path)
+    assert result.exit_code == 0, result.output
+    assert f"fixed  {path}" in result.output
+    assert "1 file(s): 0 still failing, 0 unreadable, 1 fixed" in result.output
+
+
+def test_replay_against_another_target(tmp_path, planted, cli):
+    path, _ = save(tmp_path, target=planted)
+    result = cli("replay", "--target", "reference", path)
+    assert result.exit_code == 0, result.output
+    assert f"fixed  {path}" in result.output
+
+
+def test_replay_reports_each_file_of_a_folder(tmp_path, planted, cli):
+    failing, _ = save(tmp_path / "corpus", target=planted)
+    fixed, _ = save(tmp_path / "corpus", target="reference")
+    corrupt = tmp_path / "corpus" / "reference" / "engine.trace" / "crash-corrupt.json"
+    corrupt.write_text("{ nope")
+    unknown = tmp_path / "corpus" / "gone" / "engine.trace" / "crash-gone.json"
+    unknown.parent.mkdir(parents=True)
+    unknown.write_text(json.dumps(record(target="no_such_module_xyz:target")))
+    result = cli("replay", tmp_path / "corpus")
+    assert result.exit_code == 1, result.output
+    assert f"FAILS  {failing}" in result.output
+    assert f"fixed  {fixed}" in result.output
+    assert f"ERROR  {corrupt}: {corrupt}: not a readable corpus file" in result.output
+    assert f"ERROR  {unknown}" in result.output and "no_such_module_xyz" in result.output
+    assert "4 file(s): 1 still failing, 2 unreadable, 1 fixed" in result.output
+
+
+def test_replay_a_corrupt_file_is_an_error_naming_it(tmp_path, cli):
+    bad = tmp_path / "crash-bad.json"
+    bad.write_text("[1, 2")
+    result = cli("replay", bad)
+    assert result.exit_code == 1
+    assert f"ERROR  {bad}" in result.output
+    assert "1 file(s): 0 still failing, 1 unreadable, 0 fixed" in result.output
+
+
+def test_replay_a_missing_path_is_an_error_naming_it(tmp_path, cli):
+    missing = tmp_path / "no-such-corpus"
+    result = cli("replay", missing)
+    assert result.exit_code == 2
+    assert str(missing) in result.stderr and "error" in result.stderr
+
+
+# --- the pytest plugin ---------------------------------------------------------------------
+
+
+def corpus_project(pytester) -> tuple[Path, Path]:
+    """A project with one corpus case the reference gets right and one corrupt corpus file."""
+    good = pytester.path / "corpus" / "reference" / "engine.trace" / "crash-x.json"
+    good.parent.mkdir(parents=True)
+    good.write_text(json.dumps(record(scenario=to_jsonable(TraceScenario((Request(0, (1, 2), 2),), EngineConfig())))))
+    bad = good.parent / "crash-corrupt.json"
+    bad.write_text("{ this is not json")
+    (good.parent / ".tmp-123.json").write_text("half-written")  # an interrupted save: not a test
+    (pytester.path / "other").mkdir()
+    (pytester.path / "other" / "data.json").write_text("{}")  # JSON outside corpus/: not a test
+    return good, bad
+
+
+def test_the_pytest_plugin_collects_corpus_files(pytester):
+    """A plain ``pytest``: the pytest11 entry point loads the plugin, which runs the corpus."""
+    good, bad = corpus_project(pytester)
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*crash-corrupt*FAILED*", "*crash-x*PASSED*"])
+    assert f"{bad}: not a readable corpus file" in result.stdout.str()
+
+
+def test_the_pytest_plugin_by_name_without_autoload(pytester, monkeypatch):
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    good, bad = corpus_project(pytester)
+    without = pytester.runpytest("-p", "no:cacheprovider")
+    without.assert_outcomes()  # no plugin, no corpus tests
+    with_plugin = pytester.runpytest("-p", "no:cacheprovider", "-p", "fuzzcache")
+    with_plugin.assert_outcomes(passed=1, failed=1)
+    assert f"{bad}: not a readable corpus file" in with_plugin.stdout.str()
+
+
+# --- fuzzcache list / fuzz -----------------------------------------------------------------
+
+
+def test_list_shows_targets_and_properties(cli):
+    result = cli("list")
+    assert result.exit_code == 0, result.output
+    targets, properties = result.output.split("properties:")
+    assert "reference" in targets
+    assert "engine.trace" in properties
+
+
+def test_fuzz_an_unknown_target_is_a_usage_error(cli):
+    result = cli("fuzz", "--target", "nosuch", "--budget", "1s")
+    assert result.exit_code == 2
+    assert "unknown target 'nosuch'" in result.stderr
+    assert "available: reference" in result.stderr
+
+
+def test_fuzz_an_unknown_property_pattern_is_a_usage_error(cli):
+    result = cli("fuzz", "--property", "nosuch.*", "--budget", "1s")
+    assert result.exit_code == 2
+    assert "no property matches 'nosuch.*'" in result.stderr
+    assert "engine.trace" in result.stderr  # the ids that do exist
+
+
+def fuzz_args(tmp_path: Path, target: str, budget: str) -> list:
+    return ["fuzz", "--target", target, "--budget", budget, "--property", "engine.trace",
+            "--corpus", tmp_path / "corpus", "--report-dir", tmp_path / "report", "--database", tmp_path / "db"]
+
+
+def test_fuzz_finds_saves_and_reports_a_planted_bug(tmp_path, planted, cli):
+    result = cli(*fuzz_args(tmp_path, planted, "20s"))
+    assert result.exit_code == 1, result.output
+    (saved,) = files_under(tmp_path / "corpus")
+    assert saved.parent == tmp_path / "corpus" / planted / "engine.trace"
+    case = corpus.load(saved)
+    assert case.kind == "mismatch" and case.target == planted
+    assert any(r.max_new_tokens > 0 for r in case.scenario.requests)
+    assert "mismatch" in result.output and str(saved.name) in result.output.replace("\n", "")
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["target"] == planted
+    (finding,) = report["properties"]["engine.trace"]["findings"]
+    assert finding["kind"] == "mismatch" and finding["new"] and finding["path"] == str(saved)
+
+    suite = ET.parse(tmp_path / "report" / "junit.xml").getroot()
+    assert suite.get("failures") == "1"
+    (failure,) = suite.iter("failure")
+    assert failure.get("type") == "mismatch" and failure.text == str(saved)
+
+    # and the saved repro replays as still failing
+    replayed = cli("replay", saved)
+    assert replayed.exit_code == 1 and "FAILS" in replayed.output
+
+
+def test_fuzz_the_reference_engine_finds_nothing(tmp_path, cli):
+    result = cli(*fuzz_args(tmp_path, "reference", "5s"))
+    assert result.exit_code == 0, result.output
+    assert "No findings." in result.output
+    assert files_under(tmp_path / "corpus") == []
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    trace = report["properties"]["engine.trace"]
+    assert trace["examples"] > 0 and trace["findings"] == [] and trace["errors"] == []
+    suite = ET.parse(tmp_path / "report" / "junit.xml").getroot()
+    assert suite.get("failures") == "0" and not list(suite.iter("failure"))

@@ -1,0 +1,44 @@
+"""Every property catches a planted bug of its kind, shrinks it, and saves exactly one corpus
+file that ``fuzzcache replay`` reports as failing; the same scenario passes on the correct
+engine (and tests/test_properties.py runs each whole property on the correct engine)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import settings
+
+from fuzzcache.cli import main
+from fuzzcache.properties import PROPERTIES
+from fuzzcache.runner import replay, run_property
+from fuzzcache.corpus import load
+from fuzzcache.targets import resolve_target
+
+import planted
+
+FIND = settings(max_examples=60, deadline=None, database=None, derandomize=True)
+
+
+def test_every_property_has_a_planted_bug():
+    assert set(planted.PLANTED) == set(PROPERTIES)
+
+
+@pytest.mark.parametrize("property_id", sorted(PROPERTIES))
+def test_planted_bug_is_found_shrunk_saved_and_replayed(property_id, tmp_path):
+    spec = f"planted:{property_id.replace('.', '_')}"
+    buggy = resolve_target(spec)
+    run = run_property(PROPERTIES[property_id], buggy, spec, FIND, tmp_path)
+    assert run.error is None
+    assert len(run.found) == 1, f"{property_id} did not catch {buggy.name} in {run.examples} examples"
+    files = list(tmp_path.rglob("crash-*.json"))
+    assert len(files) == 1 and files[0].parent == tmp_path / spec / property_id
+    record = json.loads(files[0].read_text())
+    assert record["property"] == property_id and record["target"] == spec
+    print(f"{property_id}: {run.found[0].kind} after {run.examples} examples; repro {load(files[0]).scenario.short()}")
+
+    result = CliRunner().invoke(main, ["replay", str(files[0])])
+    assert result.exit_code == 1 and "FAILS" in result.output, result.output
+
+    assert replay(load(files[0]), resolve_target("reference")) is None, "the correct engine fails the shrunk scenario"
