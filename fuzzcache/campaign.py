@@ -19,7 +19,6 @@ from rich.table import Table
 from fuzzcache.properties import Property
 from fuzzcache.runner import PropertyRun, Saved, run_property
 
-ROUND_EXAMPLES = 25  # examples per property per round; rounds repeat until the budget is spent
 
 
 @dataclass
@@ -86,9 +85,10 @@ def run_campaign(
     corpus_dir: Path | None,
     database_dir: Path | None,
     console: Console,
-    round_examples: int = ROUND_EXAMPLES,
 ) -> CampaignResult:
-    """Fuzz until the budget is spent; a property that found a failure stops being fuzzed."""
+    """Fuzz until the budget is spent. Each cycle gives every property one continuous
+    Hypothesis run (up to the profile's max_examples) in an equal share of the remaining
+    time; cycles repeat with fresh seeds. A property that found a failure is done."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
     database = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir else base_settings.database
     start = time.monotonic()
@@ -97,18 +97,19 @@ def run_campaign(
     with Live(live_table(), console=console, refresh_per_second=4, transient=False) as live:
         try:
             active = list(properties)
-            round_no = 0
+            s = Settings(base_settings, database=database, derandomize=False)
             while active and time.monotonic() - start < budget_s:
-                for prop in list(active):
-                    if time.monotonic() - start >= budget_s:
+                cycle = list(active)
+                for i, prop in enumerate(cycle):
+                    remaining = budget_s - (time.monotonic() - start)
+                    if remaining <= 0:
                         break
-                    s = Settings(base_settings, max_examples=round_examples, database=database, derandomize=False)
-                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=lambda: live.update(live_table()))
+                    stop_at = time.monotonic() + remaining / (len(cycle) - i)
+                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=lambda: live.update(live_table()), stop_at=stop_at)
                     totals[prop.id].add(run)
                     if run.found or run.error:
                         active.remove(prop)
                     live.update(live_table())
-                round_no += 1
         except KeyboardInterrupt:
             interrupted = True
     return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted)
@@ -117,13 +118,16 @@ def run_campaign(
 def print_report(result: CampaignResult, console: Console) -> None:
     console.print(f"\n[bold]fuzzcache report[/] target={result.target} time={result.seconds:.0f}s" + (" (interrupted)" if result.interrupted else ""))
     table = Table()
-    for col in ("property", "examples", "examples/s", "result", "paths reached"):
+    for col in ("property", "examples", "examples/s", "result"):
         table.add_column(col)
     for t in result.totals.values():
         status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} finding(s)" if t.found else "ok")
-        paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items()))
-        table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status, paths)
+        table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status)
     console.print(table)
+    console.print("[bold]paths reached[/] (examples that reached each path; a path missing here was never exercised)")
+    for t in result.totals.values():
+        paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())) or "(no path events)"
+        console.print(f"  {t.property}: {paths}", markup=False, highlight=False)
     by_kind: dict[str, list[Saved]] = {}
     for s in result.findings:
         by_kind.setdefault(s.kind, []).append(s)
@@ -133,7 +137,7 @@ def print_report(result: CampaignResult, console: Console) -> None:
         console.print(f"[bold red]{kind}[/]: {len(items)}")
         for s in items:
             short = s.scenario.short() if hasattr(s.scenario, "short") else s.scenario
-            console.print(f"  {s.property}: {s.message}\n    repro: {short}\n    saved: {s.path}{'' if s.new else ' (already in corpus)'}")
+            console.print(f"  {s.property}: {s.message}\n    repro: {short}\n    saved: {s.path}{'' if s.new else ' (already in corpus)'}", markup=False, highlight=False)
 
 
 def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+import torch
 from hypothesis import settings as Settings
 from rich.console import Console
 
@@ -20,9 +21,9 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def target_or_fail(spec: str):
+def target_or_fail(spec: str, dtype: str | None = None, device: str | None = None):
     try:
-        return resolve_target(spec)
+        return resolve_target(spec, dtype=dtype, device=device)
     except UnknownTarget as exc:
         fail(str(exc))
 
@@ -37,12 +38,14 @@ def main() -> None:
 @click.option("--target", "target_spec", default="reference", show_default=True, help="reference, mutant:<name>, hf:<arch>, an entry point, or pkg.module:attr")
 @click.option("--property", "property_patterns", multiple=True, help="property id or glob (repeatable); default: all that apply")
 @click.option("--budget", default="60s", show_default=True, help="wall-clock budget, e.g. 90s, 10m, 2h")
-@click.option("--profile", default="dev", show_default=True, type=click.Choice(["dev", "ci", "nightly"]))
+@click.option("--profile", default="nightly", show_default=True, type=click.Choice(["dev", "ci", "nightly"]), help="Hypothesis settings; the budget bounds the time whatever the profile")
 @click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(path_type=Path))
 @click.option("--database", "database_dir", default=None, type=click.Path(path_type=Path), help="Hypothesis example database folder (share it between workers)")
 @click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and junit.xml go")
 @click.option("--example-timeout", default=60.0, show_default=True, help="seconds one call into the target may take before it is a 'hang' finding")
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir, example_timeout) -> None:
+@click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]), help="model dtype (default: the target's own; tolerances widen for fp16/bf16)")
+@click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir, example_timeout, dtype, device) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved."""
     from fuzzcache import guard
     from fuzzcache.campaign import parse_budget, print_report, run_campaign, write_reports
@@ -55,7 +58,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
         props = select(list(property_patterns))
     except ValueError as exc:
         fail(str(exc))
-    target = target_or_fail(target_spec)
+    target = target_or_fail(target_spec, dtype, device)
     applicable = [p for p in props if p.applies_to(target)]
     skipped = [p.id for p in props if p not in applicable]
     if not applicable:
@@ -86,7 +89,7 @@ def replay(paths, target_spec) -> None:
     for path in files:
         try:
             case = load(path)
-            target = override or resolve_target(case.target)
+            target = override or resolve_target(case.target, **case.target_options)
         except (CorpusError, UnknownTarget) as exc:
             click.echo(f"ERROR  {path}: {exc}")
             bad += 1
@@ -99,6 +102,33 @@ def replay(paths, target_spec) -> None:
             click.echo(f"FAILS  {path}: {finding}")
     click.echo(f"{len(files)} file(s): {still} still failing, {bad} unreadable, {len(files) - still - bad} fixed")
     sys.exit(1 if still or bad else 0)
+
+
+@main.command()
+@click.option("--target", "target_spec", default="reference", show_default=True)
+@click.option("--property", "property_patterns", multiple=True, help="property id or glob (repeatable); default: all that apply")
+@click.option("--examples", default=30, show_default=True, help="examples per property")
+@click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]))
+@click.option("--device", default=None)
+def bench(target_spec, property_patterns, examples, dtype, device) -> None:
+    """Examples/s per property and the share of time inside model forwards."""
+    from rich.table import Table
+
+    from fuzzcache.bench import bench as run_bench
+    from fuzzcache.properties import select
+
+    try:
+        props = select(list(property_patterns))
+    except ValueError as exc:
+        fail(str(exc))
+    target = target_or_fail(target_spec, dtype, device)
+    rows = run_bench(target, target_spec, [p for p in props if p.applies_to(target)], examples)
+    table = Table(title=f"fuzzcache bench --target {target_spec} --examples {examples} (torch threads: {torch.get_num_threads()})")
+    for col in ("property", "examples", "seconds", "examples/s", "in model forward"):
+        table.add_column(col, justify="left" if col == "property" else "right")
+    for r in rows:
+        table.add_row(r.property, str(r.examples), f"{r.seconds:.1f}", f"{r.rate:.1f}", f"{100 * r.forward_share:.0f}%")
+    Console().print(table)
 
 
 @main.command("list")

@@ -33,26 +33,29 @@ class Case:
     scenario: Any  # the property's scenario dataclass
     kind: str
     message: str
+    target_options: dict  # dtype / device the target was built with, for resolve_target
 
 
 def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def case_hash(target: str, property_id: str, scenario: Any) -> str:
-    """sha1 over the canonical JSON of (target, property, scenario)."""
-    return hashlib.sha1(canonical([target, property_id, to_jsonable(scenario)]).encode()).hexdigest()
+def case_hash(target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> str:
+    """sha1 over the canonical JSON of (target, property, scenario); a non-default dtype or
+    device joins the target part, so an fp16 repro never shadows the fp32 one."""
+    key = [target, target_options] if target_options else target
+    return hashlib.sha1(canonical([key, property_id, to_jsonable(scenario)]).encode()).hexdigest()
 
 
-def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any) -> Path:
-    return Path(corpus_dir) / target / property_id / f"crash-{case_hash(target, property_id, scenario)}.json"
+def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path:
+    return Path(corpus_dir) / target / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
 
 
-def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding) -> tuple[Path, bool]:
+def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding, target_options: dict | None = None) -> tuple[Path, bool]:
     """Write the repro; returns (path, True) when new, (path, False) when it was already there."""
     from fuzzcache import __version__
 
-    path = case_path(Path(corpus_dir), target, property_id, scenario)
+    path = case_path(Path(corpus_dir), target, property_id, scenario, target_options)
     if path.exists():
         return path, False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +63,7 @@ def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, f
         "schema": SCHEMA_VERSION,
         "property": property_id,
         "target": target,
+        "target_options": target_options or {},
         "kind": finding.kind,
         "message": finding.message,
         "scenario": to_jsonable(scenario),
@@ -102,7 +106,10 @@ def load(path: Path | str) -> Case:
         scenario = from_jsonable(prop.scenario_type, record["scenario"])
     except (ValueError, TypeError, KeyError) as exc:
         raise CorpusError(f"{path}: {exc}") from exc
-    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""))
+    options = record.get("target_options") or {}
+    if not isinstance(options, dict) or set(options) - {"dtype", "device"}:
+        raise CorpusError(f"{path}: target_options must hold only dtype and device, got {options!r}")
+    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""), options)
 
 
 def iter_files(paths: Iterable[Path | str]) -> list[Path]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -25,6 +26,9 @@ class _Overrun(BaseException):
     """Raised by the alarm inside the target's code; BaseException so targets cannot swallow it."""
 
 
+# A target refuses a config by raising ValueError("EngineConfig.<field>...: why").
+
+
 @contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Interrupt the block after ``seconds`` (SIGALRM; only in the main thread, else unguarded)."""
@@ -36,12 +40,15 @@ def time_limit(seconds: float) -> Iterator[None]:
         raise _Overrun()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_delay:  # re-arm a caller's timer (e.g. pytest-timeout) with what was left of it
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - started), 1e-3), outer_interval)
 
 
 def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | None = None) -> Any:
@@ -55,7 +62,7 @@ def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | 
     except Finding:
         raise
     except ValueError as exc:
-        if any(name in str(exc) for name in CONFIG_FIELDS):
+        if any(f"EngineConfig.{name}" in str(exc) for name in CONFIG_FIELDS):
             raise Unsupported(str(exc)) from exc
         raise Finding("crash", f"{what} raised ValueError: {exc}", {"traceback": traceback.format_exc(limit=-8)}) from exc
     except Exception as exc:  # a crash on an input the contract allows

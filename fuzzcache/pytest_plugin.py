@@ -15,6 +15,8 @@ def pytest_addoption(parser) -> None:
     group = parser.getgroup("fuzzcache")
     group.addoption("--fuzzcache-target", default="reference", help="target the property tests fuzz (name or pkg.module:attr)")
     group.addoption("--fuzzcache-corpus", default="corpus", help="folder where shrunk failures are saved")
+    group.addoption("--fuzzcache-dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model dtype for the target")
+    group.addoption("--fuzzcache-device", default=None, help="model device for the target, e.g. cuda")
 
 
 def pytest_configure(config) -> None:
@@ -29,10 +31,10 @@ def fuzzcache_target_spec(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def fuzzcache_target(fuzzcache_target_spec):
+def fuzzcache_target(request, fuzzcache_target_spec):
     from fuzzcache.targets import resolve_target
 
-    return resolve_target(fuzzcache_target_spec)
+    return resolve_target(fuzzcache_target_spec, dtype=request.config.getoption("--fuzzcache-dtype"), device=request.config.getoption("--fuzzcache-device"))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +43,11 @@ def fuzzcache_corpus(request) -> Path:
 
 
 def pytest_collect_file(file_path: Path, parent):
-    if file_path.suffix == ".json" and "corpus" in file_path.parts and not file_path.name.startswith(".tmp-"):
+    try:
+        parts = file_path.relative_to(parent.config.rootpath).parts
+    except ValueError:
+        parts = file_path.parts
+    if file_path.suffix == ".json" and "corpus" in parts[:-1] and not file_path.name.startswith(".tmp-"):
         return CorpusFile.from_parent(parent, path=file_path)
     return None
 

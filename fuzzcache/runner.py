@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from hypothesis import HealthCheck, Phase, example, given, settings as Settings
 
 from fuzzcache import corpus, coverage
@@ -19,6 +20,10 @@ from fuzzcache.findings import Finding
 from fuzzcache.properties import Property
 
 RERUNS = 2
+
+
+class BudgetExhausted(BaseException):
+    """Ends a run at its stop time; a BaseException, so Hypothesis neither catches nor shrinks it."""
 
 
 @dataclass
@@ -39,6 +44,8 @@ class PropertyRun:
     found: list[Saved] = field(default_factory=list)
     paths: Counter = field(default_factory=Counter)
     error: str | None = None  # the run could not complete (e.g. every example rejected)
+    examples_to_find: int | None = None  # examples run when the first failure appeared
+    seconds_to_find: float | None = None
 
 
 def checked(prop: Property, target, scenario) -> None:
@@ -47,12 +54,16 @@ def checked(prop: Property, target, scenario) -> None:
         prop.check(target, scenario)
     except Finding as first:
         outcomes = []
-        for _ in range(RERUNS):
-            try:
-                prop.check(target, scenario)
-                outcomes.append(None)
-            except Finding as again:
-                outcomes.append(again.kind)
+        coverage.muted = True
+        try:
+            for _ in range(RERUNS):
+                try:
+                    prop.check(target, scenario)
+                    outcomes.append(None)
+                except Finding as again:
+                    outcomes.append(again.kind)
+        finally:
+            coverage.muted = False
         if any(kind != first.kind for kind in outcomes):
             raise Finding("nondeterministic", f"the same input gave {[first.kind, *outcomes]} on {1 + RERUNS} runs; first: {first.message}", first.details) from first
         raise
@@ -65,18 +76,27 @@ def run_property(
     hypothesis_settings: Settings,
     corpus_dir: Path | str | None,
     on_example: Callable[[], None] | None = None,
+    stop_at: float | None = None,
 ) -> PropertyRun:
-    """One Hypothesis run of ``prop`` on ``target``; saves the shrunk failure if any."""
+    """One Hypothesis run of ``prop`` on ``target``; saves the shrunk failure if any.
+    ``stop_at`` (a ``time.monotonic()`` value) ends the search early; once a failure is
+    found, shrinking runs to completion."""
     run = PropertyRun(prop.id)
     last_failure: list = []
+    start = time.perf_counter()
 
     def test(scenario):
+        if stop_at is not None and not last_failure and time.monotonic() >= stop_at:
+            raise BudgetExhausted()
         run.examples += 1
         if on_example:
             on_example()
         try:
             checked(prop, target, scenario)
         except Finding as f:
+            if not last_failure:
+                run.examples_to_find = run.examples
+                run.seconds_to_find = time.perf_counter() - start
             last_failure[:] = [scenario, f]
             raise
 
@@ -92,20 +112,21 @@ def run_property(
             explicit_test = example(ex)(explicit_test)
         passes.append(Settings(generated, phases=[Phase.explicit])(explicit_test))
     coverage.take()
-    start = time.perf_counter()
     try:
         for hypothesis_test in passes:
             if not last_failure:
                 hypothesis_test()
+    except BudgetExhausted:
+        pass
     except KeyboardInterrupt:
         run.seconds = time.perf_counter() - start
         run.paths = coverage.take()
         if last_failure:  # keep what was found, shrunk or not
-            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure))
+            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target))
         raise
     except Exception as exc:  # noqa: BLE001 - Hypothesis re-raises the minimal failure
         if last_failure:
-            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure))
+            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target))
         else:
             run.error = f"{type(exc).__name__}: {exc}"
     run.seconds = time.perf_counter() - start
@@ -113,10 +134,23 @@ def run_property(
     return run
 
 
-def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding) -> Saved:
+def target_options(target) -> dict:
+    """The dtype / device a built-in style target was made with (recorded in corpus files)."""
+    from fuzzcache.targets import DTYPES
+
+    options = {}
+    names = {v: k for k, v in DTYPES.items()}
+    if getattr(target, "dtype", torch.float32) != torch.float32:
+        options["dtype"] = names.get(target.dtype, str(target.dtype))
+    if str(getattr(target, "device", "cpu")) != "cpu":
+        options["device"] = str(target.device)
+    return options
+
+
+def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding, target=None) -> Saved:
     path, new = (None, True)
     if corpus_dir is not None:
-        path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding)
+        path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, target_options(target))
     return Saved(prop.id, finding.kind, finding.message, path, new, scenario)
 
 
@@ -126,7 +160,7 @@ def replay(case: corpus.Case, target=None) -> Finding | None:
     from fuzzcache.properties import get
     from fuzzcache.targets import resolve_target
 
-    target = target if target is not None else resolve_target(case.target)
+    target = target if target is not None else resolve_target(case.target, **case.target_options)
     try:
         checked(get(case.property), target, case.scenario)
     except Finding as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -47,11 +48,26 @@ def from_jsonable(cls: Any, data: Any) -> Any:
             raise ValueError(f"unknown field(s) {sorted(unknown)} for {cls.__name__}")
         return cls(**{k: from_jsonable(hints[k], v) for k, v in data.items()})
     if origin is tuple:
-        args = typing.get_args(cls)
-        item = args[0]
-        return tuple(from_jsonable(item, x) for x in data)
+        if not isinstance(data, list):
+            raise ValueError(f"expected a list, got {data!r}")
+        return tuple(from_jsonable(typing.get_args(cls)[0], x) for x in data)
     if origin is list:
+        if not isinstance(data, list):
+            raise ValueError(f"expected a list, got {data!r}")
         return [from_jsonable(typing.get_args(cls)[0], x) for x in data]
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(cls)
+        if data is None and type(None) in options:
+            return None
+        return from_jsonable(next(o for o in options if o is not type(None)), data)
+    if cls is int and (not isinstance(data, int) or isinstance(data, bool)):
+        raise ValueError(f"expected an integer, got {data!r}")
+    if cls is bool and not isinstance(data, bool):
+        raise ValueError(f"expected true or false, got {data!r}")
+    if cls is str and not isinstance(data, str):
+        raise ValueError(f"expected a string, got {data!r}")
+    if cls is float and (not isinstance(data, (int, float)) or isinstance(data, bool)):
+        raise ValueError(f"expected a number, got {data!r}")
     return data
 
 

@@ -160,14 +160,17 @@ def test_load_round_trips_the_scenario(tmp_path):
     assert (case.path, case.target, case.property, case.kind, case.message) == (path, PLANTED, "engine.trace", "mismatch", FINDING.message)
 
 
+DROP = object()
+
+
 def record(**changes) -> dict:
+    """A corpus record as save() writes it, with fields changed (or dropped: ``field=DROP``)."""
     r = {"schema": corpus.SCHEMA_VERSION, "property": "engine.trace", "target": "reference",
          "kind": "mismatch", "message": "m", "scenario": to_jsonable(SCENARIO)}
     r.update(changes)
     return {k: v for k, v in r.items() if v is not DROP}
 
 
-DROP = object()
 BAD_SCENARIO = to_jsonable(SCENARIO)
 BAD_REQUEST = {**BAD_SCENARIO, "requests": [{**BAD_SCENARIO["requests"][0], "priority": 1}]}
 

@@ -18,7 +18,7 @@ from fuzzcache.targets import resolve_target
 
 import planted
 
-FIND = settings(max_examples=60, deadline=None, database=None, derandomize=True)
+FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)  # stops at the first failure
 
 
 def test_every_property_has_a_planted_bug():
@@ -36,7 +36,7 @@ def test_planted_bug_is_found_shrunk_saved_and_replayed(property_id, tmp_path):
     assert len(files) == 1 and files[0].parent == tmp_path / spec / property_id
     record = json.loads(files[0].read_text())
     assert record["property"] == property_id and record["target"] == spec
-    print(f"{property_id}: {run.found[0].kind} after {run.examples} examples; repro {load(files[0]).scenario.short()}")
+    print(f"{property_id}: {run.found[0].kind} found after {run.examples_to_find} examples ({run.examples} with shrinking); repro {load(files[0]).scenario.short()}")
 
     result = CliRunner().invoke(main, ["replay", str(files[0])])
     assert result.exit_code == 1 and "FAILS" in result.output, result.output

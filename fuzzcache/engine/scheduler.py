@@ -177,8 +177,9 @@ class Scheduler:
             emitted, accepted = self.ops.greedy_verify(logits, w.drafts)
             seq.stats["draft_proposed"] += len(w.drafts)
             seq.stats["draft_accepted"] += accepted
-            self.trim_rejected(seq, seq.num_computed + 1 + accepted, seq.num_computed + w.n)
-            seq.num_computed += 1 + accepted
+            keep = self.kept_after_verify(seq.num_computed, accepted)
+            self.trim_rejected(seq, keep, seq.num_computed + w.n)
+            seq.num_computed = keep
             seq.output.extend(emitted)
             seq.logits.extend(logits[: len(emitted)])
         else:
@@ -193,6 +194,10 @@ class Scheduler:
         if seq.done:
             self.release(seq)
             self.running.remove(seq)
+
+    def kept_after_verify(self, before: int, accepted: int) -> int:
+        """Positions with valid KV after a verify pass: the verify token and the accepted drafts."""
+        return before + 1 + accepted
 
     def trim_rejected(self, seq: Sequence, keep: int, written: int) -> None:
         """KV trim in the pool: poison the rejected drafts' slots and free blocks past ``keep``."""

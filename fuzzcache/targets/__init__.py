@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+import torch
+
 from fuzzcache.targets.reference import ReferenceTarget
 
 ENTRY_POINT_GROUP = "fuzzcache.targets"
@@ -26,25 +28,53 @@ def available_targets() -> list[str]:
     return sorted(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
-def _instantiate(obj, spec: str):
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UnknownTarget(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UnknownTarget(f"device {device!r} requested, but this torch sees no CUDA device")
+
+
+def _instantiate(obj, spec: str, options: dict):
     factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "generate"))
-    target = obj() if factory else obj
+    if options and not factory:
+        raise UnknownTarget(f"target {spec!r} is an instance; it cannot take {', '.join(options)}")
+    try:
+        target = obj(**options) if factory else obj
+    except TypeError as exc:
+        if not options:
+            raise
+        raise UnknownTarget(f"target {spec!r} does not accept {', '.join(options)} ({exc})") from exc
     missing = [a for a in REQUIRED_ATTRS if not hasattr(target, a)]
     if missing:
         raise UnknownTarget(f"target {spec!r} resolved to {target!r}, which lacks the contract's {', '.join(missing)}")
     return target
 
 
-def resolve_target(spec: str):
-    """The target named ``spec``; a clear UnknownTarget error listing what exists otherwise."""
+def resolve_target(spec: str, dtype: str | None = None, device: str | None = None):
+    """The target named ``spec``; a clear UnknownTarget error listing what exists otherwise.
+    ``dtype`` ("fp32" | "fp16" | "bf16") and ``device`` are passed to the target's factory."""
+    options: dict = {}
+    if dtype is not None:
+        options["dtype"] = parse_dtype(dtype)
+    if device is not None:
+        check_device(device)
+        options["device"] = device
     if spec in BUILTIN:
-        return BUILTIN[spec]()
+        return BUILTIN[spec](**options)
     for prefix in ("mutant:", "hf:"):
         if spec.startswith(prefix):
             raise UnknownTarget(f"target {spec!r}: {prefix}<name> targets are reserved and not available in this version")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
-            return _instantiate(ep.load(), spec)
+            return _instantiate(ep.load(), spec, options)
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         try:
@@ -53,7 +83,7 @@ def resolve_target(spec: str):
             raise UnknownTarget(f"target {spec!r}: cannot import module {module_name!r} ({exc})") from exc
         if not hasattr(module, attr):
             raise UnknownTarget(f"target {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        return _instantiate(getattr(module, attr), spec)
+        return _instantiate(getattr(module, attr), spec, options)
     raise UnknownTarget(
         f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
         "or package.module:attr, mutant:<name>, hf:<arch>"
