@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -129,6 +130,68 @@ def bench(target_spec, property_patterns, examples, dtype, device) -> None:
     for r in rows:
         table.add_row(r.property, str(r.examples), f"{r.seconds:.1f}", f"{r.rate:.1f}", f"{100 * r.forward_share:.0f}%")
     Console().print(table)
+
+
+@main.command()
+@click.option("--targets", "target_list", default=None, help="comma-separated targets to score (default: the whole zoo, mutant:<name> each)")
+@click.option("--profile", default="ci", show_default=True, type=click.Choice(["dev", "ci", "nightly"]))
+@click.option("--budget", default="60s", show_default=True, help="fuzzing budget per mutant")
+@click.option("--out", "out_dir", default="mutation-report", show_default=True, type=click.Path(path_type=Path), help="where mutants.md and mutants.json go")
+def mutants(target_list, profile, budget, out_dir) -> None:
+    """Mutation score: the seed's fixed checks vs the fuzzer on each mutant, with the correct
+    engine alongside. Exit 1 if a mutant survives the fuzzer or the correct engine is 'killed'."""
+    from rich.table import Table
+
+    from fuzzcache.campaign import parse_budget
+    from fuzzcache.mutants import ZOO
+    from fuzzcache.mutation_score import score_target, write_outputs
+
+    try:
+        budget_s = parse_budget(budget)
+    except ValueError as exc:
+        fail(str(exc))
+    if target_list:
+        specs = [t.strip() for t in target_list.split(",") if t.strip()]
+        for spec in specs:
+            target_or_fail(spec)  # a clear error before any work
+        entries = [(spec, ZOO[spec[7:]].bug if spec.startswith("mutant:") and spec[7:] in ZOO else "", list(ZOO[spec[7:]].triggers) if spec.startswith("mutant:") and spec[7:] in ZOO else []) for spec in specs]
+    else:
+        entries = [(f"mutant:{m.name}", m.bug, list(m.triggers)) for m in ZOO.values()]
+    entries = [("reference", "(the correct engine: must survive)", [])] + entries
+    console = Console()
+    table = Table(title=f"fuzzcache mutants --profile {profile} --budget {budget}")
+    for col in ("mutant", "fixed checks", "fuzzer", "property", "s to kill", "examples", "shrunk repro", "= trigger"):
+        table.add_column(col)
+    scores = []
+    started = time.monotonic()
+    for spec, bug, triggers in entries:
+        score = score_target(spec, lambda spec=spec: resolve_target(spec), bug, triggers, Settings.get_profile(profile), budget_s)
+        scores.append(score)
+        equal = {True: "yes", False: "no", None: "-"}[score.equals_documented]
+        table.add_row(spec, score.fixed_checks, "killed" if score.fuzz_killed else "survived", score.killed_by or "-",
+                      f"{score.seconds_to_kill:.1f}" if score.seconds_to_kill is not None else "-", str(score.examples_to_kill or "-"),
+                      score.repro.split(": ", 1)[-1] if score.repro else "-", equal)
+        console.print(f"{spec}: {'killed by ' + score.killed_by if score.fuzz_killed else 'survived'} ({score.seconds_total:.0f}s)", markup=False, highlight=False)
+    total = time.monotonic() - started
+    console.print(table)
+    zoo = [s for s in scores if s.target != "reference"]
+    kills = [s.seconds_to_kill for s in zoo if s.fuzz_killed]
+    kills.sort()
+    summary = {
+        "profile": profile, "budget_s": budget_s, "total_seconds": round(total, 1),
+        "mutants": len(zoo), "fixed_checks_killed": sum(s.fixed_killed for s in zoo), "fuzzer_killed": len(kills),
+        "documented_trigger_matched": sum(bool(s.equals_documented) for s in zoo),
+        "median_seconds_to_kill": kills[len(kills) // 2] if kills else None, "worst_seconds_to_kill": kills[-1] if kills else None,
+        "reference_survived": all(not s.fuzz_killed and not s.fixed_killed for s in scores if s.target == "reference"),
+    }
+    console.print(
+        f"fixed checks killed {summary['fixed_checks_killed']}/{len(zoo)}; fuzzer killed {len(kills)}/{len(zoo)}; "
+        f"repro = documented trigger for {summary['documented_trigger_matched']}/{len(zoo)}; "
+        f"seconds to kill median {summary['median_seconds_to_kill']} worst {summary['worst_seconds_to_kill']}; "
+        f"correct engine {'survived' if summary['reference_survived'] else 'FLAGGED'}; total {total:.0f}s", markup=False, highlight=False)
+    md, js = write_outputs(scores, out_dir, summary)
+    console.print(f"written: {md} {js}")
+    sys.exit(0 if len(kills) == len(zoo) and summary["reference_survived"] else 1)
 
 
 @main.command("list")

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, settings
 
 PROFILES = {
     "dev": dict(max_examples=20, deadline=None),
-    "ci": dict(max_examples=12, deadline=None, derandomize=True, database=None, print_blob=True,
+    "ci": dict(max_examples=50, deadline=None, derandomize=True, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]),
     "nightly": dict(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]),
 }

@@ -1,7 +1,7 @@
 """Running a property under Hypothesis against a target, and replaying saved cases.
 
-A failing example is run twice more; a target that disagrees with itself is reported as
-``nondeterministic``. The minimal example Hypothesis ends on is saved to the corpus.
+The final failing example is run twice more; a target that disagrees with itself is
+reported as ``nondeterministic``. The minimal example Hypothesis ends on is saved to the corpus.
 """
 
 from __future__ import annotations
@@ -48,25 +48,31 @@ class PropertyRun:
     seconds_to_find: float | None = None
 
 
+def confirmed(prop: Property, target, scenario, first: Finding) -> Finding:
+    """Rerun a failing scenario: the finding if it fails the same way every time, else a
+    ``nondeterministic`` finding (a target that disagrees with itself)."""
+    outcomes = []
+    coverage.muted = True
+    try:
+        for _ in range(RERUNS):
+            try:
+                prop.check(target, scenario)
+                outcomes.append(None)
+            except Finding as again:
+                outcomes.append(again.kind)
+    finally:
+        coverage.muted = False
+    if any(kind != first.kind for kind in outcomes):
+        return Finding("nondeterministic", f"the same input gave {[first.kind, *outcomes]} on {1 + RERUNS} runs; first: {first.message}", first.details)
+    return first
+
+
 def checked(prop: Property, target, scenario) -> None:
-    """Run the check; on a finding, rerun to tell a real failure from a flaky target."""
+    """Run the check; a finding is confirmed by reruns before it is raised."""
     try:
         prop.check(target, scenario)
     except Finding as first:
-        outcomes = []
-        coverage.muted = True
-        try:
-            for _ in range(RERUNS):
-                try:
-                    prop.check(target, scenario)
-                    outcomes.append(None)
-                except Finding as again:
-                    outcomes.append(again.kind)
-        finally:
-            coverage.muted = False
-        if any(kind != first.kind for kind in outcomes):
-            raise Finding("nondeterministic", f"the same input gave {[first.kind, *outcomes]} on {1 + RERUNS} runs; first: {first.message}", first.details) from first
-        raise
+        raise confirmed(prop, target, scenario, first) from None
 
 
 def run_property(
@@ -92,7 +98,7 @@ def run_property(
         if on_example:
             on_example()
         try:
-            checked(prop, target, scenario)
+            prop.check(target, scenario)  # reruns for nondeterminism happen once, on the final example
         except Finding as f:
             if not last_failure:
                 run.examples_to_find = run.examples
@@ -104,7 +110,8 @@ def run_property(
     # fixed parameters, which Hypothesis never shrinks) only when nothing was found.
     phases = [p for p in hypothesis_settings.phases if p != Phase.explain]
     generated = Settings(hypothesis_settings, report_multiple_bugs=False, suppress_health_check=list(HealthCheck),
-                         phases=[p for p in phases if p != Phase.explicit])
+                         phases=[p for p in phases if p != Phase.explicit],
+                         max_examples=max(1, round(hypothesis_settings.max_examples * prop.example_scale)))
     passes = [generated(given(prop.strategy(target))(test))]
     if prop.examples and Phase.explicit in phases:
         explicit_test = given(prop.strategy(target))(test)
@@ -148,6 +155,7 @@ def target_options(target) -> dict:
 
 
 def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding, target=None) -> Saved:
+    finding = confirmed(prop, target, scenario, finding)
     path, new = (None, True)
     if corpus_dir is not None:
         path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, target_options(target))

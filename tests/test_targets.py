@@ -111,11 +111,26 @@ def test_unknown_name_lists_what_exists(spec):
     assert isinstance(info.value, ValueError)  # UnknownTarget is a ValueError for callers that catch those
 
 
-@pytest.mark.parametrize("spec", ["mutant:x", "mutant:", "hf:llama", "hf:gpt2"])
+@pytest.mark.parametrize("spec", ["hf:llama", "hf:gpt2"])
 def test_reserved_prefixes_say_so(spec):
     with pytest.raises(UnknownTarget, match="reserved") as info:
         resolve_target(spec)
     assert repr(spec) in str(info.value)
+
+
+@pytest.mark.parametrize("spec", ["mutant:x", "mutant:"])
+def test_unknown_mutant_lists_the_zoo(spec):
+    with pytest.raises(UnknownTarget, match="the zoo has: .*paged_gather_floor_blocks"):
+        resolve_target(spec)
+
+
+def test_every_mutant_resolves_and_differs_from_reference():
+    from fuzzcache.mutants import ZOO
+
+    assert len(ZOO) >= 16
+    for name in ZOO:
+        target = resolve_target(f"mutant:{name}")
+        assert target.name == f"mutant:{name}" and target.features == resolve_target("reference").features
 
 
 def test_user_module_instance(user_module):

@@ -17,12 +17,11 @@ from fuzzcache.engine.batching import Row
 from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
-from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, oracle_logits, ops_of, tokens_of
+from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, oracle_logits, ops_of, token_lists, tokens_of
 from fuzzcache.properties.registry import Property, register
 from strategies.model import model_configs
 
 VOCAB = SEED_MODEL.vocab_size
-token_lists = lambda lo, hi: st.lists(st.integers(0, VOCAB - 1), min_size=lo, max_size=hi).map(tuple)  # noqa: E731
 
 
 @dataclass(frozen=True)

@@ -172,11 +172,11 @@ def _with(scenario: TraceScenario, **fields) -> EngineConfig:
 
 _metamorphic("engine.same.prefix_cache", "prefix cache on == off", {"prefix_cache"},
              lambda s: _with(s, prefix_cache=False), focus="prefix_cache")
+_metamorphic("engine.same.pool", "small pool == unbounded pool", {"preemption", "paged"},
+             lambda s: _with(s, num_blocks=None), focus="pool")
 _metamorphic("engine.same.chunked", "chunked prefill == whole prompt", {"chunked_prefill"},
              lambda s: _with(s, chunk_size=None, max_batch_tokens=None), focus="chunked")
 _metamorphic("engine.same.speculative", "k drafts == no drafts", {"speculative"},
              lambda s: _with(s, spec_k=0), focus="speculative")
 _metamorphic("engine.same.fused", "fused step == separate forwards", {"interleave"},
              lambda s: _with(s, interleave=False), focus="interleave")
-_metamorphic("engine.same.pool", "small pool == unbounded pool", {"preemption", "paged"},
-             lambda s: _with(s, num_blocks=None), focus="pool")

@@ -45,6 +45,13 @@ def oracle_logits(model: TinyGPT, tokens: list[int]) -> torch.Tensor:
     return full_logits(model, tokens)
 
 
+def token_lists(lo: int, hi: int, vocab: int = SEED_MODEL.vocab_size):
+    """Strategy: token tuples of length lo..hi (shrinking toward short, all zeros)."""
+    from hypothesis import strategies as st
+
+    return st.lists(st.integers(0, vocab - 1), min_size=lo, max_size=hi).map(tuple)
+
+
 def tokens_of(vocab: int, n: int, seed: int) -> list[int]:
     """``n`` deterministic pseudo-random tokens."""
     return torch.randint(0, vocab, (n,), generator=torch.Generator().manual_seed(seed)).tolist()

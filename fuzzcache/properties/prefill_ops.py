@@ -16,12 +16,11 @@ from fuzzcache.engine.batching import Row
 from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
-from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, ops_of, tokens_of
+from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, ops_of, token_lists, tokens_of
 from fuzzcache.properties.registry import Property, register
 from strategies.model import model_configs
 
 VOCAB = SEED_MODEL.vocab_size
-token_lists = lambda lo, hi: st.lists(st.integers(0, VOCAB - 1), min_size=lo, max_size=hi).map(tuple)  # noqa: E731
 
 
 @dataclass(frozen=True)
@@ -95,11 +94,17 @@ def check_fused(target, s: FusedScenario) -> None:
 
 
 @st.composite
+def prefill_rows(draw):
+    """(prompt, tokens already cached) of one prefill row, drawn as a unit so it shrinks away whole."""
+    prompt = draw(token_lists(1, 16))
+    return prompt, draw(st.integers(0, len(prompt) - 1))
+
+
+@st.composite
 def fused_scenarios(draw):
     decode = draw(st.lists(token_lists(1, 12), min_size=1, max_size=3).map(tuple))
-    prefill = draw(st.lists(token_lists(1, 16), min_size=1, max_size=3).map(tuple))
-    done = tuple(draw(st.integers(0, len(p) - 1)) for p in prefill)
-    return FusedScenario(draw(model_configs()), decode, prefill, done, draw(st.integers(1, 8)))
+    rows = draw(st.lists(prefill_rows(), min_size=1, max_size=3))
+    return FusedScenario(draw(model_configs()), decode, tuple(p for p, _ in rows), tuple(d for _, d in rows), draw(st.integers(1, 8)))
 
 
 register(Property(

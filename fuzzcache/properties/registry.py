@@ -19,6 +19,7 @@ class Property:
     check: Callable[[Any, Any], None]  # (target, scenario) -> None, raises Finding
     requires: frozenset[str] = frozenset()  # target features needed
     examples: tuple = field(default=())  # explicit examples (the seeds' fixed parameters)
+    example_scale: float = 1.0  # share of the profile's max_examples this property runs (an expensive one runs fewer)
 
     def applies_to(self, target) -> bool:
         if self.level == "op" and not hasattr(target, "ops"):

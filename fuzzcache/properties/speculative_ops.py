@@ -97,11 +97,12 @@ def check_spec_greedy(target, s: SpecScenario) -> None:
 
 @st.composite
 def spec_scenarios(draw):
-    k = draw(st.integers(1, 4))
-    draft = draw(st.sampled_from(["planted", "bigram", "trigram", "prompt_lookup"]))
-    accepts = tuple(draw(st.lists(accept_counts(k), min_size=1, max_size=4))) if draft == "planted" else ()
+    model = draw(model_configs())
     prompt = draw(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=16).map(tuple))
-    return SpecScenario(draw(model_configs()), prompt, draw(st.integers(1, 10)), k, draft, accepts)
+    new, k = draw(st.integers(1, 10)), draw(st.integers(1, 4))
+    draft = draw(st.sampled_from(["planted", "bigram", "trigram", "prompt_lookup"]))
+    accepts = tuple(draw(st.lists(accept_counts(k), min_size=1, max_size=4)))  # always drawn: the shrinker can switch drafts
+    return SpecScenario(model, prompt, new, k, draft, accepts if draft == "planted" else ())
 
 
 register(Property(

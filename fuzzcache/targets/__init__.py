@@ -1,7 +1,7 @@
 """Target resolution: turn a name from the command line or pytest into a target object.
 
-Names: ``reference``; ``mutant:<name>`` and ``hf:<arch>`` (reserved for the bug zoo and
-HF transformers); an entry point in the group ``fuzzcache.targets``; or
+Names: ``reference``; ``mutant:<name>`` (the bug zoo, fuzzcache.mutants); ``hf:<arch>``
+(reserved for HF transformers); an entry point in the group ``fuzzcache.targets``; or
 ``package.module:attr`` where attr is a target or a zero-argument callable returning one.
 """
 
@@ -23,9 +23,14 @@ class UnknownTarget(ValueError):
     """A target name that resolves to nothing."""
 
 
-def available_targets() -> list[str]:
-    """Built-in names plus installed entry points."""
-    return sorted(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+def available_targets(with_mutants: bool = False) -> list[str]:
+    """Built-in names plus installed entry points (and the bug zoo's ``mutant:<name>``)."""
+    names = sorted(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    if with_mutants:
+        from fuzzcache.mutants import ZOO
+
+        names += [f"mutant:{m}" for m in ZOO]
+    return names
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -69,9 +74,12 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
         options["device"] = device
     if spec in BUILTIN:
         return BUILTIN[spec](**options)
-    for prefix in ("mutant:", "hf:"):
-        if spec.startswith(prefix):
-            raise UnknownTarget(f"target {spec!r}: {prefix}<name> targets are reserved and not available in this version")
+    if spec.startswith("mutant:"):
+        from fuzzcache.mutants import build
+
+        return build(spec.removeprefix("mutant:"), **options)
+    if spec.startswith("hf:"):
+        raise UnknownTarget(f"target {spec!r}: hf:<arch> targets are reserved and not available in this version")
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             return _instantiate(ep.load(), spec, options)
@@ -86,5 +94,5 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
         return _instantiate(getattr(module, attr), spec, options)
     raise UnknownTarget(
         f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
-        "or package.module:attr, mutant:<name>, hf:<arch>"
+        "mutant:<name> (see `fuzzcache list`), or package.module:attr"
     )

@@ -1,0 +1,362 @@
+"""The bug zoo: copies of the reference engine, each with ONE plausible, silent bug of a kind
+seen in real engines. Each is the target ``mutant:<name>``.
+
+Every mutant documents its bug and its true minimal trigger, worked out by hand: the
+property that kills it first (in registry order) and the smallest scenario, in that
+property's short form, that exposes it. ``fuzzcache mutants`` checks the fuzzer's shrunk
+repro against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from fuzzcache.engine import batching, fused_step, kv_cache, paged, speculative
+from fuzzcache.engine.drafts import NGramDraft, make_draft
+from fuzzcache.engine.ops import DEFAULT_OPS
+from fuzzcache.engine.prefix_cache import ROOT_HASH, CachedBlock, PrefixCache
+from fuzzcache.engine.scheduler import Scheduler
+from fuzzcache.targets.reference import ReferenceTarget
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # the fast path it breaks
+    bug: str  # one line
+    triggers: tuple[str, ...]  # equally minimal triggers, "<property>: <short form>"
+    make: Callable[..., ReferenceTarget]  # (**target options) -> the mutant target
+
+
+ZOO: dict[str, Mutant] = {}
+
+
+def mutant(name: str, path: str, bug: str, *triggers: str, ops: dict | None = None, scheduler: type | None = None) -> None:
+    def make(**options) -> ReferenceTarget:
+        target = ReferenceTarget(name=f"mutant:{name}", ops=dataclasses.replace(DEFAULT_OPS, **(ops or {})), **options)
+        if scheduler is not None:
+            target.scheduler_class = scheduler
+        return target
+
+    ZOO[name] = Mutant(name, path, bug, triggers, make)
+
+
+def build(name: str, **options) -> ReferenceTarget:
+    """The target ``mutant:<name>``."""
+    from fuzzcache.targets import UnknownTarget
+
+    if name not in ZOO:
+        raise UnknownTarget(f"unknown mutant {name!r}; the zoo has: {', '.join(ZOO)}")
+    return ZOO[name].make(**options)
+
+
+# ---- helpers: a model whose forward is altered for one call ------------------------------------
+
+
+def _with_forward(model, alter: Callable, call: Callable):
+    """Run ``call()`` while ``model.forward`` goes through ``alter(original, *args, **kw)``."""
+    original = model.forward
+    model.forward = lambda *a, **kw: alter(original, *a, **kw)
+    try:
+        return call()
+    finally:
+        del model.forward
+
+
+# ---- KV cache ---------------------------------------------------------------------------------
+
+
+def append_drops_oldest_past_16(cache, new):
+    out = kv_cache.append(cache, new)
+    if kv_cache.cache_len(out) > 16:
+        out = [(k[:, :, 1:], v[:, :, 1:]) for k, v in out]  # a sliding window nobody asked for
+    return out
+
+
+def decode_position_skips_after_12(model, token, cache):
+    start = kv_cache.cache_len(cache)
+    start += start >= 12  # the new token lands one position too far
+    logits, present = model(torch.tensor([[token]], device=model.device), torch.tensor([[start]], device=model.device), past_kvs=cache)
+    return logits[0, -1], present
+
+
+def trim_keeps_one_rejected(cache, n):
+    return kv_cache.trim(cache, min(n + 1, kv_cache.cache_len(cache)))
+
+
+mutant("kv_append_drops_oldest_past_16", "kv", "append drops the oldest position once the cache exceeds 16",
+       # the 3rd decode after 17 cached positions: prompt + new = 19 (new <= 6 in batch.ragged)
+       *(f"batch.ragged: prompts=[{19 - n}] new={n}" for n in (6, 5, 4, 3)), ops={"append": append_drops_oldest_past_16})
+mutant("kv_decode_position_skips_after_12", "kv", "decode places the new token one position too far once 12 are cached",
+       # a decode with 12 cached positions: prompt + new = 14, new >= 2 (new <= 10 in kv.recompute)
+       *(f"kv.recompute: prompt={14 - n} new={n} model=learned/h1kv1" for n in range(10, 1, -1)),
+       ops={"decode_one_token": decode_position_skips_after_12})
+mutant("kv_trim_keeps_one_rejected", "kv", "trim after verify keeps one rejected draft's entry",
+       "kv.trim: prompt=1 decoded=0 k=1 accepted=0", ops={"trim": trim_keeps_one_rejected})
+
+
+# ---- batching ---------------------------------------------------------------------------------
+
+
+def ragged_positions_from_longest(model, rows):
+    def alter(original, tokens, positions, past_kvs=None, cache_mask=None, input_mask=None):
+        if cache_mask is not None:  # every row counts positions from the longest cache
+            positions = positions + ((cache_mask.shape[1] - cache_mask.sum(1))[:, None] * input_mask)
+        return original(tokens, positions, past_kvs=past_kvs, cache_mask=cache_mask, input_mask=input_mask)
+
+    return _with_forward(model, alter, lambda: batching.ragged_forward(model, rows))
+
+
+def ragged_rows_swapped(model, rows):
+    results = batching.ragged_forward(model, rows)
+    if len({len(r.tokens) for r in rows}) > 1:
+        results = results[::-1]  # unstacked in the wrong order when lengths differ
+    return results
+
+
+mutant("batch_positions_from_longest", "batching", "a ragged batch gives every row positions counted from the longest cache",
+       "batch.ragged: prompts=[1, 2] new=2", ops={"ragged_forward": ragged_positions_from_longest})
+mutant("batch_rows_swapped_when_ragged", "batching", "rows of a batch come back in the wrong order when their lengths differ",
+       "batch.ragged: prompts=[1, 2] new=1", ops={"ragged_forward": ragged_rows_swapped})
+
+
+# ---- paged KV ---------------------------------------------------------------------------------
+
+
+def gather_floor_blocks(pool, block_table, n):
+    return paged.gather(pool, block_table, (n // pool.block_size) * pool.block_size)  # ceil was meant
+
+
+mutant("paged_gather_floor_blocks", "paged", "gather counts blocks with floor division and skips a partly filled last block",
+       "paged.gather: prompt=1 block=2 new=2", ops={"gather": gather_floor_blocks})
+
+
+# ---- prefix cache -----------------------------------------------------------------------------
+
+
+class UnchainedPrefixCache(PrefixCache):
+    """Looks blocks up by their own tokens only, not chained to the parent block."""
+
+    def match(self, tokens, max_blocks):
+        found = []
+        for i in range(max_blocks):
+            chunk = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
+            entry = next((e for e in self.by_hash.values() if e.tokens == chunk), None)
+            if entry is None:
+                break
+            found.append(entry.block)
+        for block in found:
+            self.allocator.share(block)
+        return found
+
+
+def weak_hash(parent: str, tokens) -> str:
+    return str((int(parent or "0") * 31 + sum(tokens)) % 64)
+
+
+class WeakHashPrefixCache(PrefixCache):
+    """A 6-bit hash of the token sum, and hits trusted without the token check."""
+
+    def match(self, tokens, max_blocks):
+        found, parent = [], ROOT_HASH
+        for i in range(max_blocks):
+            h = weak_hash(parent, tokens[i * self.block_size : (i + 1) * self.block_size])
+            if h not in self.by_hash:
+                break
+            found.append(self.by_hash[h].block)
+            parent = h
+        for block in found:
+            self.allocator.share(block)
+        return found
+
+    def commit(self, tokens, block_table, first, last):
+        parent = ROOT_HASH
+        for i in range(last):
+            chunk = tuple(tokens[i * self.block_size : (i + 1) * self.block_size])
+            h = weak_hash(parent, chunk)
+            if i >= first and h not in self.by_hash and block_table[i] not in self.hash_of_block:
+                self.by_hash[h] = CachedBlock(block_table[i], parent, chunk)
+                self.hash_of_block[block_table[i]] = h
+            parent = h
+
+
+class EarlyCommitScheduler(Scheduler):
+    """Commits blocks to the prefix cache when they are allocated, before their KV is written,
+    so a request admitted in the same step reads them unwritten."""
+
+    def grow(self, seq, n_blocks):
+        super().grow(seq, n_blocks)
+        if self.prefix is not None:
+            full = min(len(seq.block_table), len(seq.tokens) // self.config.block_size)
+            self.prefix.commit(seq.tokens, seq.block_table, seq.committed_blocks, full)
+            seq.committed_blocks = max(seq.committed_blocks, full)
+
+
+class NeverHitPrefixCache(PrefixCache):
+    """Silently disabled: outputs stay right, only the hit count shows it."""
+
+    def match(self, tokens, max_blocks):
+        return []
+
+
+# Request 0 = [0] commits block (0); request 1 = [0, 0, x] computed after it: its second block
+# (0) after parent (0) must miss, but an unchained (or weak) hash hits request 0's first block.
+PREFIX_COLLISION = tuple(
+    f"{prop}: [prompt=1 new=1] [prompt=3 new=1{arrival}] block_size=1{budget} prefix_cache=True"
+    for prop in ("engine.trace", "engine.same.prefix_cache")
+    for arrival, budget in ((" at=1", ""), ("", " max_batch_tokens=1"))
+)
+mutant("prefix_hash_not_chained", "prefix_cache", "block hash ignores the parent block: equal blocks after different prefixes collide",
+       *PREFIX_COLLISION, ops={"prefix_cache_class": UnchainedPrefixCache})
+mutant("prefix_weak_hash_no_token_check", "prefix_cache", "a weak block hash ((parent * 31 + token sum) mod 64) trusted without the token check",
+       *PREFIX_COLLISION, ops={"prefix_cache_class": WeakHashPrefixCache})
+mutant("prefix_same_step_reads_unwritten", "prefix_cache", "a request admitted in the same step as another with a shared prefix reads its blocks before they are written",
+       "engine.trace: [prompt=1 new=1] [prompt=2 new=1] block_size=1 prefix_cache=True", scheduler=EarlyCommitScheduler)
+mutant("prefix_never_hits", "prefix_cache", "the prefix cache never hits (outputs stay right; only the hit count shows it)",
+       "prefix.hit: prompts=[1, 2] block=1 new=1", ops={"prefix_cache_class": NeverHitPrefixCache})
+
+
+# ---- chunked prefill --------------------------------------------------------------------------
+
+
+def run_step_chunk_relative(model, rows, is_decode, interleave, forward):
+    """Prefill chunks after the first are given positions counted from the chunk start."""
+    decode_of = {id(r): d for r, d in zip(rows, is_decode)}
+
+    def relative(model, subset):
+        def alter(original, tokens, positions, past_kvs=None, cache_mask=None, input_mask=None):
+            positions = positions.clone()
+            for b, row in enumerate(subset):
+                if not decode_of[id(row)]:
+                    pad = positions.shape[1] - len(row.tokens)
+                    positions[b, pad:] = torch.arange(len(row.tokens), device=positions.device)
+            return original(tokens, positions, past_kvs=past_kvs, cache_mask=cache_mask, input_mask=input_mask)
+
+        return _with_forward(model, alter, lambda: forward(model, subset))
+
+    return fused_step.run_step(model, rows, is_decode, interleave, relative)
+
+
+class ShortLastChunkDropped(Scheduler):
+    """When the rest of a prompt is shorter than the chunk size, only its last token is computed."""
+
+    def work_for(self, seq, budget):
+        remaining = len(seq.tokens) - seq.num_computed
+        if self.config.chunk_size and 1 < remaining < self.config.chunk_size:
+            seq.num_computed = len(seq.tokens) - 1  # the short chunk's other tokens are skipped
+        return super().work_for(seq, budget)
+
+
+mutant("chunk_relative_positions", "chunked_prefill", "later prefill chunks get positions relative to the chunk, not absolute",
+       "step.fused: decode=[1] prefill=[2] done=[1] chunk=1", ops={"run_step": run_step_chunk_relative})
+mutant("chunk_short_last_dropped", "chunked_prefill", "a short last chunk is dropped except for its final token",
+       # any block size: it shrinks to block_size=1, the default 16 is as small
+       "engine.trace: [prompt=2 new=1] block_size=1 chunk_size=3", "engine.trace: [prompt=2 new=1] chunk_size=3",
+       scheduler=ShortLastChunkDropped)
+
+
+# ---- speculative decoding ---------------------------------------------------------------------
+
+
+def verify_one_too_many(target_logits, drafts):
+    emitted, accepted = speculative.greedy_verify(target_logits, drafts)
+    if accepted < len(drafts):  # the first rejected draft is accepted too
+        emitted = emitted[:-1] + [drafts[accepted]]
+        accepted += 1
+        emitted.append(int(target_logits[accepted].argmax()))
+    return emitted, accepted
+
+
+def bonus_from_wrong_row(target_logits, drafts):
+    emitted, accepted = speculative.greedy_verify(target_logits, drafts)
+    if drafts and accepted == len(drafts):  # the bonus token is read from the last draft's row
+        emitted[-1] = int(target_logits[len(drafts) - 1].argmax())
+    return emitted, accepted
+
+
+def residual_from_target(target_probs, draft_probs, drafts, generator):
+    out = []
+    for i, tok in enumerate(drafts):
+        p, q = target_probs[i], draft_probs[i]
+        if torch.rand((), generator=generator) < (p[tok] / q[tok].clamp_min(1e-12)).clamp(max=1.0):
+            out.append(tok)
+            continue
+        out.append(int(torch.multinomial(p, 1, generator=generator)))  # p, not max(0, p - q)
+        return out
+    out.append(int(torch.multinomial(target_probs[len(drafts)], 1, generator=generator)))
+    return out
+
+
+mutant("spec_accepts_one_too_many", "speculative", "verification accepts the first rejected draft too",
+       "spec.greedy: prompt=1 new=2 k=1 draft=planted accepts=[0]", ops={"greedy_verify": verify_one_too_many})
+mutant("spec_bonus_from_wrong_row", "speculative", "when all drafts are accepted the bonus token is read from the last draft's row",
+       "spec.greedy: prompt=1 new=2 k=1 draft=planted accepts=[1]", ops={"greedy_verify": bonus_from_wrong_row})
+mutant("spec_residual_from_target", "speculative", "on rejection the sampler resamples from p instead of max(0, p - q)",
+       "spec.distribution: vocab=2 k=1 start=0", "spec.distribution: vocab=2 k=1 start=1", ops={"speculative_sample": residual_from_target})
+
+
+class UnnormalisedNGram(NGramDraft):
+    def get_probs(self, *context):
+        ctx = tuple(context[-(self.n - 1) :])
+        counts = self.counts[ctx] if ctx in self.counts else torch.zeros(self.vocab_size)
+        return (counts + self.alpha) / max(float(counts.sum()), 1.0)  # forgets the smoothing mass
+
+
+def unnormalised_drafts(name, vocab_size, tokens):
+    if name in ("bigram", "trigram"):
+        return UnnormalisedNGram(2 if name == "bigram" else 3, vocab_size).fit(tokens)
+    return make_draft(name, vocab_size, tokens)
+
+
+mutant("draft_unnormalised", "speculative", "n-gram draft probabilities are divided by the raw count, not count + V",
+       "draft.normalized: bigram vocab=2 corpus=[] context=[0]", ops={"make_draft": unnormalised_drafts})
+
+
+# ---- fused step -------------------------------------------------------------------------------
+
+
+def run_step_mask_leak(model, rows, is_decode, interleave, forward):
+    """In a fused decode + prefill forward, the cache mask is ignored: rows see other rows' padding."""
+
+    def leaky(model, rows):
+        def alter(original, tokens, positions, past_kvs=None, cache_mask=None, input_mask=None):
+            return original(tokens, positions, past_kvs=past_kvs, cache_mask=None, input_mask=input_mask)
+
+        return _with_forward(model, alter, lambda: forward(model, rows))
+
+    mixed = interleave and any(is_decode) and not all(is_decode)
+    return fused_step.run_step(model, rows, is_decode, interleave, leaky if mixed else forward)
+
+
+mutant("fused_mask_sees_padding", "fused", "the fused step's cache mask lets a prefill row see another row's cache padding",
+       "step.fused: decode=[1] prefill=[1] done=[0] chunk=1", ops={"run_step": run_step_mask_leak})
+
+
+# ---- preemption -------------------------------------------------------------------------------
+
+
+class StaleTableScheduler(Scheduler):
+    """Preemption frees the blocks but keeps the block table: the re-prefill writes into
+    blocks that now belong to other requests (use after free)."""
+
+    def preempt(self, seq):
+        table = list(seq.block_table)
+        super().preempt(seq)
+        seq.block_table = table
+
+    def release(self, seq):
+        for block in reversed(seq.block_table):
+            if self.allocator.ref_count[block] > 0:
+                self.allocator.deallocate(block)
+        seq.block_table = []
+
+
+mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request keeps its freed blocks and writes into them after re-admission",
+       # minimal by exhaustive search of two-request traces up to 8 tokens (block 1-2, pool min to min+1)
+       *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool")
+         for reqs in ("[prompt=1 new=3] [prompt=1 new=3 at=1]", "[prompt=2 new=2] [prompt=1 new=3]")),
+       scheduler=StaleTableScheduler)
