@@ -17,6 +17,12 @@ from fuzzcache.targets import UnknownTarget, available_targets, resolve_target
 from fuzzcache.threads import configure_threads
 
 
+def make_console() -> Console:
+    """Rich console; wide when the output is a log file, so tables are not squeezed to 80 columns."""
+    console = make_console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def fail(message: str) -> None:
     click.echo(f"fuzzcache: error: {message}", err=True)
     sys.exit(2)
@@ -64,7 +70,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
     skipped = [p.id for p in props if p not in applicable]
     if not applicable:
         fail(f"no selected property applies to target {target_spec!r} (features: {sorted(target.features)})")
-    console = Console()
+    console = make_console()
     if skipped:
         console.print(f"not applicable to {target_spec}: {', '.join(skipped)}")
     result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database_dir, console)
@@ -129,7 +135,7 @@ def bench(target_spec, property_patterns, examples, dtype, device) -> None:
         table.add_column(col, justify="left" if col == "property" else "right")
     for r in rows:
         table.add_row(r.property, str(r.examples), f"{r.seconds:.1f}", f"{r.rate:.1f}", f"{100 * r.forward_share:.0f}%")
-    Console().print(table)
+    make_console().print(table)
 
 
 @main.command()
@@ -158,7 +164,7 @@ def mutants(target_list, profile, budget, out_dir) -> None:
     else:
         entries = [(f"mutant:{m.name}", m.bug, list(m.triggers)) for m in ZOO.values()]
     entries = [("reference", "(the correct engine: must survive)", [])] + entries
-    console = Console()
+    console = make_console()
     table = Table(title=f"fuzzcache mutants --profile {profile} --budget {budget}")
     for col in ("mutant", "fixed checks", "fuzzer", "property", "s to kill", "examples", "shrunk repro", "= trigger"):
         table.add_column(col)

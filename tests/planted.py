@@ -81,6 +81,7 @@ PLANTED = {
     "batch.ragged": lambda: build("batch_positions_from_longest"),
     "kv.trim": lambda: build("kv_trim_keeps_one_rejected"),
     "paged.gather": lambda: build("paged_gather_floor_blocks"),
+    "paged.roundtrip": lambda: build("paged_gather_floor_blocks"),
     "prefill.chunked": lambda: with_ops("chunked_prefill_relative", chunked_prefill=chunked_prefill_relative),
     "spec.greedy": lambda: build("spec_accepts_one_too_many"),
     "draft.normalized": lambda: build("draft_unnormalised"),

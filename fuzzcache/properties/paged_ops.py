@@ -1,6 +1,10 @@
-"""paged.gather -- seed test 3 generalised: decode through a block pool with any block size,
-prompt length and physical block order; every step equals the full recompute. Unused slots
-are NaN, so reading one past the end shows."""
+"""Paged KV properties.
+
+paged.gather    -- seed test 3 generalised: decode through a block pool with any block size,
+                   prompt length and physical block order; every step equals the full
+                   recompute. Unused slots are NaN, so reading one past the end shows.
+paged.roundtrip -- KV tensors (hypothesis-torch) scattered in pieces come back exactly.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ import torch
 from hypothesis import strategies as st
 
 from fuzzcache.coverage import reached
+from fuzzcache.findings import mismatch
 from fuzzcache.engine.paged import BlockPool, blocks_needed
 from fuzzcache.model import ModelConfig
 from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, oracle_logits, ops_of, tokens_of
 from fuzzcache.properties.registry import Property, register
 from strategies.lengths import block_sizes, prompt_lengths
-from strategies.model import model_configs
+from strategies.model import kv_tensors, model_configs
 
 VOCAB = SEED_MODEL.vocab_size
 
@@ -81,4 +86,64 @@ register(Property(
     id="paged.gather", level="op", description="paged KV (gather / scatter over a block pool) == full recompute (seed 3)",
     scenario_type=PagedScenario, strategy=lambda t: paged_scenarios(), check=check_paged,
     examples=tuple(PagedScenario(SEED_MODEL, 4, tuple(tokens_of(VOCAB, n, n)), 6, tuple(range(4))) for n in (3, 4, 5, 7, 8)),
+))
+
+
+@dataclass(frozen=True)
+class RoundTripScenario:
+    block_size: int
+    keys: tuple[tuple[tuple[float, ...], ...], ...]  # (H_kv, T, D) as nested tuples, so it is JSON
+    block_order: tuple[int, ...]
+    written_in: tuple[int, ...]  # split of T into consecutive scatter calls (chunks, decode steps)
+
+    def short(self) -> str:
+        h, t, d = len(self.keys), len(self.keys[0]), len(self.keys[0][0])
+        return f"T={t} block={self.block_size} heads={h} dim={d} writes={list(self.written_in)}"
+
+
+def check_roundtrip(target, s: RoundTripScenario) -> None:
+    """KV written by scatter in pieces comes back from gather exactly, in logical order; the
+    slot after the last written one still reads NaN."""
+    ops = ops_of(target)
+    k = torch.tensor(s.keys, dtype=torch.float32)[None]  # (1, H_kv, T, D)
+    h, t, d = k.shape[1:]
+    config = ModelConfig(n_layer=1, n_head=h, n_kv_head=h, head_dim=d)
+    pool = BlockPool(config, len(s.block_order), s.block_size, torch.float32, "cpu")
+    allocator = ops.allocator_class(pool)
+    allocator.free = list(s.block_order)
+    table = [allocator.allocate() for _ in range(blocks_needed(t + 1, s.block_size))]
+    start = 0
+    for n in s.written_in:
+        ops.scatter(pool, table, start, [(k[:, :, start : start + n], -k[:, :, start : start + n])])
+        start += n
+    (gk, gv), = ops.gather(pool, table, t)
+    if gk.shape != k.shape or not torch.equal(gk, k) or not torch.equal(gv, -k):
+        raise mismatch(f"gather of {t} positions did not return what scatter wrote", positions=t)
+    (past_k, _), = ops.gather(pool, table, t + 1)
+    if past_k.shape[2] != t + 1 or not torch.isnan(past_k[:, :, t]).all():
+        raise mismatch(f"position {t} was never written but does not read as NaN")
+    reached("paged.roundtrip: a block crossed mid-write" if any(
+        (sum(s.written_in[:i]) // s.block_size) != ((sum(s.written_in[: i + 1]) - 1) // s.block_size) for i in range(len(s.written_in))) else "paged.roundtrip: writes within blocks")
+
+
+@st.composite
+def roundtrip_scenarios(draw):
+    block = draw(block_sizes())
+    t = draw(prompt_lengths(block, 20))
+    keys = draw(kv_tensors(draw(st.integers(1, 2)), t, draw(st.integers(1, 4))))  # hypothesis-torch
+    n_blocks = blocks_needed(t + 1, block) + draw(st.integers(0, 2))
+    order = list(range(n_blocks))
+    shuffle = draw(st.integers(0, 2**16))
+    if shuffle:
+        random.Random(shuffle).shuffle(order)
+    cuts, left = [], t
+    while left:
+        cuts.append(draw(st.integers(1, left)))
+        left -= cuts[-1]
+    return RoundTripScenario(block, tuple(map(tuple, (map(tuple, head) for head in keys[0].tolist()))), tuple(order), tuple(cuts))
+
+
+register(Property(
+    id="paged.roundtrip", level="op", description="scatter then gather through a shuffled block table returns the KV exactly; unwritten slots are NaN",
+    scenario_type=RoundTripScenario, strategy=lambda t: roundtrip_scenarios(), check=check_roundtrip,
 ))
