@@ -19,7 +19,7 @@ from fuzzcache.threads import configure_threads
 
 def make_console() -> Console:
     """Rich console; wide when the output is a log file, so tables are not squeezed to 80 columns."""
-    console = make_console()
+    console = Console()
     return console if console.is_terminal else Console(width=200)
 
 
@@ -212,7 +212,12 @@ def list_cmd() -> None:
         except Exception as exc:  # noqa: BLE001 - a broken plugin should not hide the others
             features = f"(cannot load: {exc})"
         click.echo(f"  {name:24} {features}")
-    click.echo("  mutant:<name>, hf:<arch>  reserved\n  package.module:attr      a target object or a zero-argument factory")
+    click.echo("  package.module:attr      a target object, class or zero-argument factory\n  hf:<arch>                reserved")
+    from fuzzcache.mutants import ZOO
+
+    click.echo("mutants (the bug zoo; each has the reference engine's features):")
+    for m in ZOO.values():
+        click.echo(f"  mutant:{m.name:40} [{m.path}] {m.bug}")
     click.echo("properties:")
     for p in PROPERTIES.values():
         needs = f"  [needs {', '.join(sorted(p.requires))}]" if p.requires else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from hypothesis import HealthCheck, Phase, example, given, settings as Settings
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings as Settings
 
 from fuzzcache import corpus, coverage
 from fuzzcache.findings import Finding
@@ -110,6 +110,7 @@ def run_property(
     # fixed parameters, which Hypothesis never shrinks) only when nothing was found.
     phases = [p for p in hypothesis_settings.phases if p != Phase.explain]
     generated = Settings(hypothesis_settings, report_multiple_bugs=False, suppress_health_check=list(HealthCheck),
+                         verbosity=Verbosity.quiet,  # fuzzcache reports findings itself; no seed hints at slice ends
                          phases=[p for p in phases if p != Phase.explicit],
                          max_examples=max(1, round(hypothesis_settings.max_examples * prop.example_scale)))
     passes = [generated(given(prop.strategy(target))(test))]
