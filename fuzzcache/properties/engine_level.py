@@ -99,11 +99,11 @@ def check_trace(target, scenario: TraceScenario) -> list:
         result = compare_request(req.rid, list(comp.tokens), oracle_rows(target, req.prompt, comp.tokens), getattr(comp, "logits", None), tol)
         if result.divergence:
             d = result.divergence
-            raise mismatch(
-                f"request {d.rid} step {d.step}: expected token {d.expected}, got {d.got} "
-                f"(oracle margin {d.margin:.4g}, max abs logit diff {d.max_abs_diff:.3g}, {d.what})",
-                **dataclasses.asdict(d),
-            )
+            if d.what == "logits":
+                what = f"logits differ from the oracle's by {d.max_abs_diff:.3g} (> {tol.logits:g}); tokens {'agree' if d.expected == d.got else f'{d.expected} expected, {d.got} got'}"
+            else:
+                what = f"expected token {d.expected}, got {d.got} (oracle margin {d.margin:.4g} > tie tolerance {tol.tie:g})"
+            raise mismatch(f"request {d.rid} step {d.step}: {what}", **dataclasses.asdict(d))
         near_ties += result.near_tie_step is not None
     if near_ties:
         reached("near-tie")
