@@ -74,6 +74,7 @@ def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, f
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
+        os.fchmod(fd, 0o644)  # readable by the team, like any other file in the repository
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=2, default=str)
             f.write("\n")

@@ -106,6 +106,8 @@ def run_property(
             last_failure[:] = [scenario, f]
             raise
 
+    # One example-database key per (target, property): the closure above is the same code for all.
+    test._hypothesis_internal_add_digest = f"{target_spec}\0{prop.id}".encode()
     # Generated examples first, so a failure is shrunk; the explicit examples (the seeds'
     # fixed parameters, which Hypothesis never shrinks) only when nothing was found.
     phases = [p for p in hypothesis_settings.phases if p != Phase.explain]

@@ -14,6 +14,7 @@ from fuzzcache.cli import main
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import replay, run_property
 from fuzzcache.corpus import load
+from fuzzcache.mutants import ZOO
 from fuzzcache.targets import resolve_target
 
 import planted
@@ -36,7 +37,12 @@ def test_planted_bug_is_found_shrunk_saved_and_replayed(property_id, tmp_path):
     assert len(files) == 1 and files[0].parent == tmp_path / spec / property_id
     record = json.loads(files[0].read_text())
     assert record["property"] == property_id and record["target"] == spec
-    print(f"{property_id}: {run.found[0].kind} found after {run.examples_to_find} examples ({run.examples} with shrinking); repro {load(files[0]).scenario.short()}")
+    short = load(files[0]).scenario.short().strip()
+    print(f"{property_id}: {run.found[0].kind} found after {run.examples_to_find} examples ({run.examples} with shrinking); repro {short}")
+    assert run.examples > run.examples_to_find, "the failure was not shrunk"
+    documented = [t.partition(": ")[2] for t in getattr(ZOO.get(buggy.name.removeprefix("mutant:")), "triggers", ()) if t.startswith(property_id + ": ")]
+    if documented:  # a zoo mutant with a hand-derived minimal trigger for this property
+        assert short in documented, f"shrunk to {short!r}; documented minimal {documented}"
 
     result = CliRunner().invoke(main, ["replay", str(files[0])])
     assert result.exit_code == 1 and "FAILS" in result.output, result.output

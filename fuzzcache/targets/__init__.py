@@ -94,5 +94,6 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
         return _instantiate(getattr(module, attr), spec, options)
     raise UnknownTarget(
         f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
-        "mutant:<name> (see `fuzzcache list`), or package.module:attr"
+        "mutant:<name> (see `fuzzcache list`), an entry point in the group 'fuzzcache.targets', "
+        "or package.module:attr (hf:<arch> is reserved)"
     )
