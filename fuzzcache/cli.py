@@ -160,7 +160,8 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         specs = [t.strip() for t in target_list.split(",") if t.strip()]
         for spec in specs:
             target_or_fail(spec)  # a clear error before any work
-        entries = [(spec, ZOO[spec[7:]].bug if spec.startswith("mutant:") and spec[7:] in ZOO else "", list(ZOO[spec[7:]].triggers) if spec.startswith("mutant:") and spec[7:] in ZOO else []) for spec in specs]
+        zoo_entry = lambda spec: ZOO.get(spec.removeprefix("mutant:")) if spec.startswith("mutant:") else None  # noqa: E731
+        entries = [(spec, m.bug if m else "", list(m.triggers) if m else []) for spec, m in ((s, zoo_entry(s)) for s in specs)]
     else:
         entries = [(f"mutant:{m.name}", m.bug, list(m.triggers)) for m in ZOO.values()]
     entries = [("reference", "(the correct engine: must survive)", [])] + entries

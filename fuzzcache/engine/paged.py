@@ -63,13 +63,12 @@ def gather(pool: BlockPool, block_table: list[int], n: int) -> KVCache:
 
 def scatter(pool: BlockPool, block_table: list[int], start: int, new: KVCache) -> None:
     """Write new entries, per layer (1, H_kv, T, D), at positions start..start+T-1."""
-    t = new[0][0].shape[2]
-    for i in range(t):
-        block, offset = slot_of(start + i, pool.block_size)
-        phys = block_table[block]
-        for layer, (nk, nv) in enumerate(new):
-            pool.k[layer][phys, :, offset] = nk[0, :, i]
-            pool.v[layer][phys, :, offset] = nv[0, :, i]
+    positions = range(start, start + new[0][0].shape[2])
+    phys = torch.tensor([block_table[p // pool.block_size] for p in positions], dtype=torch.long, device=pool.k[0].device)  # (T,)
+    offset = torch.tensor([p % pool.block_size for p in positions], dtype=torch.long, device=pool.k[0].device)  # (T,)
+    for layer, (nk, nv) in enumerate(new):
+        pool.k[layer][phys, :, offset] = nk[0].transpose(0, 1)  # (T, H_kv, D)
+        pool.v[layer][phys, :, offset] = nv[0].transpose(0, 1)
 
 
 class BlockAllocator:

@@ -149,8 +149,8 @@ class Scheduler:
         tokens = seq.tokens
         blocks = self.prefix.match(tokens, (len(tokens) - 1) // self.config.block_size)
         seq.block_table = blocks
-        seq.num_computed = seq.committed_blocks = len(blocks)
-        seq.num_computed *= self.config.block_size
+        seq.committed_blocks = len(blocks)
+        seq.num_computed = len(blocks) * self.config.block_size
 
     # ---- execution --------------------------------------------------------------------
 
@@ -200,13 +200,15 @@ class Scheduler:
         return before + 1 + accepted
 
     def trim_rejected(self, seq: Sequence, keep: int, written: int) -> None:
-        """KV trim in the pool: poison the rejected drafts' slots and free blocks past ``keep``."""
-        for pos in range(keep, written):
-            block, offset = slot_of(pos, self.config.block_size)
+        """KV trim in the pool: poison the rejected slots of the last kept block, free (and so
+        poison) the blocks past it."""
+        kept_blocks = blocks_needed(keep, self.config.block_size)
+        block, offset = slot_of(keep, self.config.block_size)
+        if keep < written and block < kept_blocks:  # ``keep`` ends inside a block
             self.pool.poison(seq.block_table[block], offset)
-        for block in seq.block_table[blocks_needed(keep, self.config.block_size) :]:
+        for block in seq.block_table[kept_blocks:]:
             self.allocator.deallocate(block)
-        del seq.block_table[blocks_needed(keep, self.config.block_size) :]
+        del seq.block_table[kept_blocks:]
 
     def run(self) -> list[Completion]:
         total = sum(len(s.request.prompt) + s.request.max_new_tokens for s in self.sequences)

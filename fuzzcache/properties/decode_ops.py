@@ -17,7 +17,7 @@ from fuzzcache.engine.batching import Row
 from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
-from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, oracle_logits, ops_of, token_lists, tokens_of
+from fuzzcache.properties.op_support import SEED_MODEL, assert_caches_close, assert_logits_close, model_for, oracle_logits, ops_of, token_lists, tokens_of
 from fuzzcache.properties.registry import Property, register
 from strategies.model import model_configs
 
@@ -133,9 +133,7 @@ def check_trim(target, s: TrimScenario) -> None:
     nxt = int(verify_logits[s.accepted].argmax())
     row, _ = ops.decode_one_token(model, nxt, cache)
     _, full_cache = model(torch.tensor([kept], device=model.device), torch.arange(len(kept), device=model.device)[None])
-    for layer, ((k, v), (fk, fv)) in enumerate(zip(cache, full_cache)):
-        assert_logits_close(f"layer {layer} keys after trim vs recompute", k, fk, target, layer=layer)
-        assert_logits_close(f"layer {layer} values after trim vs recompute", v, fv, target, layer=layer)
+    assert_caches_close("cache after trim vs recompute", cache, full_cache, target)
     assert_logits_close("next-token logits from the trimmed cache vs full recompute", row, oracle_logits(model, kept + [nxt])[-1], target)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import torch
+from hypothesis import strategies as st
 
 from fuzzcache.compare import tolerance_for
 from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
@@ -41,14 +42,19 @@ def assert_logits_close(what: str, got: torch.Tensor, want: torch.Tensor, target
         raise mismatch(f"{what}: max abs logit diff {worst:.3g} > {tol:g} at {index}", max_abs_diff=worst, at=list(index), **details)
 
 
+def assert_caches_close(what: str, got, want, target, **details) -> None:
+    """Keys and values of every layer of two caches, per layer (1, H_kv, T, D), within tolerance."""
+    for layer, ((k, v), (wk, wv)) in enumerate(zip(got, want)):
+        assert_logits_close(f"{what}: layer {layer} keys", k, wk, target, layer=layer, **details)
+        assert_logits_close(f"{what}: layer {layer} values", v, wv, target, layer=layer, **details)
+
+
 def oracle_logits(model: TinyGPT, tokens: list[int]) -> torch.Tensor:
     return full_logits(model, tokens)
 
 
 def token_lists(lo: int, hi: int, vocab: int = SEED_MODEL.vocab_size):
     """Strategy: token tuples of length lo..hi (shrinking toward short, all zeros)."""
-    from hypothesis import strategies as st
-
     return st.lists(st.integers(0, vocab - 1), min_size=lo, max_size=hi).map(tuple)
 
 

@@ -16,7 +16,7 @@ from fuzzcache.engine.batching import Row
 from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
-from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, ops_of, token_lists, tokens_of
+from fuzzcache.properties.op_support import SEED_MODEL, assert_caches_close, assert_logits_close, model_for, ops_of, token_lists, tokens_of
 from fuzzcache.properties.registry import Property, register
 from strategies.model import model_configs
 
@@ -42,9 +42,7 @@ def check_chunked(target, s: ChunkedScenario) -> None:
     if cache_len(chunk_cache) != len(s.prompt):
         raise mismatch(f"chunked cache holds {cache_len(chunk_cache)} positions for a prompt of {len(s.prompt)}")
     assert_logits_close("chunked vs whole prefill logits", chunk_logits, whole_logits, target)
-    for layer, ((k, v), (wk, wv)) in enumerate(zip(chunk_cache, whole_cache)):
-        assert_logits_close(f"layer {layer} keys", k, wk, target, layer=layer)
-        assert_logits_close(f"layer {layer} values", v, wv, target, layer=layer)
+    assert_caches_close("chunked vs whole cache", chunk_cache, whole_cache, target)
 
 
 register(Property(
@@ -87,10 +85,9 @@ def check_fused(target, s: FusedScenario) -> None:
         alone_logits, alone_cache = ops.prefill(model, row.tokens, row.cache)
         kind = "decode" if is_decode[i] else "prefill"
         assert_logits_close(f"{kind} row {i}: fused vs alone", logits, alone_logits, target, row=i)
-        for layer, ((k, v), (ak, av)) in enumerate(zip(new, alone_cache)):
-            t = len(row.tokens)
-            assert_logits_close(f"{kind} row {i} layer {layer} new keys", k, ak[:, :, -t:], target, row=i, layer=layer)
-            assert_logits_close(f"{kind} row {i} layer {layer} new values", v, av[:, :, -t:], target, row=i, layer=layer)
+        t = len(row.tokens)
+        alone_new = [(k[:, :, -t:], v[:, :, -t:]) for k, v in alone_cache]  # (1, H_kv, t, D)
+        assert_caches_close(f"{kind} row {i} new entries: fused vs alone", new, alone_new, target, row=i)
 
 
 @st.composite

@@ -19,6 +19,7 @@ from fuzzcache.coverage import reached
 from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
+from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties.op_support import SEED_MODEL, model_for, oracle_logits, ops_of, tokens_of
 from fuzzcache.properties.registry import Property, register
 from strategies.lengths import accept_counts
@@ -53,13 +54,8 @@ def check_spec_greedy(target, s: SpecScenario) -> None:
     exactly the right drafts; the cache holds exactly the kept sequence."""
     model, ops = model_for(target, s.model), ops_of(target)
     vocab = model.config.vocab_size
-    full = oracle_logits(model, list(s.prompt))
-    greedy = []  # autoregressive greedy continuation, for planting drafts
-    if s.draft == "planted":
-        seq = list(s.prompt)
-        for _ in range(s.max_new_tokens):
-            seq.append(int(oracle_logits(model, seq)[-1].argmax()))
-        greedy = seq[len(s.prompt) :]
+    # the autoregressive greedy continuation, to plant drafts that are right exactly `accepts` times
+    greedy = greedy_continuation(lambda seq: oracle_logits(model, seq), s.prompt, s.max_new_tokens)[0] if s.draft == "planted" else []
     cache = ops.prefill(model, list(s.prompt[:-1]))[1] if len(s.prompt) > 1 else None
     out: list[int] = []
     rows: list[torch.Tensor] = []
