@@ -137,7 +137,7 @@ def print_report(result: CampaignResult, console: Console) -> None:
         console.print(f"[bold red]{kind}[/]: {len(items)}")
         for s in items:
             short = s.scenario.short() if hasattr(s.scenario, "short") else s.scenario
-            console.print(f"  {s.property}: {s.message}\n    repro: {short}\n    saved: {s.path}{'' if s.new else ' (already in corpus)'}", markup=False, highlight=False)
+            console.print(f"  {s.property}: {s.message}\n    repro: {short}\n    saved: {s.path}{'' if s.new else ' (already in corpus' + (f', triaged: {s.triage}' if s.triage else '') + ')'}", markup=False, highlight=False)
 
 
 def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:

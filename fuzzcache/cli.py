@@ -19,8 +19,8 @@ from fuzzcache.threads import configure_threads
 
 def make_console() -> Console:
     """Rich console; wide when the output is a log file, so tables are not squeezed to 80 columns."""
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console(emoji=False)  # "hf:llama" must not print as "hf" plus a llama emoji
+    return console if console.is_terminal else Console(width=200, emoji=False)
 
 
 def fail(message: str) -> None:
@@ -92,7 +92,7 @@ def replay(paths, target_spec) -> None:
     except CorpusError as exc:
         fail(str(exc))
     override = target_or_fail(target_spec) if target_spec else None
-    still, bad = 0, 0
+    still, bad, known = 0, 0, 0
     for path in files:
         try:
             case = load(path)
@@ -102,12 +102,18 @@ def replay(paths, target_spec) -> None:
             bad += 1
             continue
         finding = replay_case(case, target)
-        if finding is None:
+        if case.known and finding is not None:
+            known += 1
+            click.echo(f"KNOWN  {path}: {finding} (triaged: {case.triage['classification']})")
+        elif case.known:
+            still += 1
+            click.echo(f"FIXED? {path}: triaged as {case.triage['classification']} but passes now; update the triage")
+        elif finding is None:
             click.echo(f"fixed  {path}")
         else:
             still += 1
             click.echo(f"FAILS  {path}: {finding}")
-    click.echo(f"{len(files)} file(s): {still} still failing, {bad} unreadable, {len(files) - still - bad} fixed")
+    click.echo(f"{len(files)} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {len(files) - still - bad - known} fixed")
     sys.exit(1 if still or bad else 0)
 
 

@@ -11,6 +11,12 @@ FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "s
 DRAFTS = ("bigram", "trigram", "prompt_lookup")
 
 
+class EngineError(RuntimeError):
+    """Raised by a target whose engine itself reported a request as failed (e.g. a request that
+    cannot be scheduled failing the others in its batch); reported as the finding kind
+    ``engine_error``. A livelock is a ``TimeoutError`` (finding kind ``hang``)."""
+
+
 @dataclass(frozen=True)
 class Request:
     rid: int

@@ -19,6 +19,7 @@ from fuzzcache.findings import Finding
 from fuzzcache.scenario import from_jsonable, to_jsonable
 
 SCHEMA_VERSION = 1
+TRIAGE_CLASSES = ("upstream-bug", "by-design")  # a triaged case is known to fail until upstream changes
 
 
 class CorpusError(ValueError):
@@ -34,6 +35,12 @@ class Case:
     kind: str
     message: str
     target_options: dict  # dtype / device the target was built with, for resolve_target
+    triage: dict | None = None  # added by a person: {"classification": one of TRIAGE_CLASSES, "writeup": "..."}
+
+    @property
+    def known(self) -> bool:
+        """Triaged as an upstream bug or a by-design divergence: expected to keep failing."""
+        return self.triage is not None
 
 
 def canonical(obj: Any) -> str:
@@ -110,7 +117,10 @@ def load(path: Path | str) -> Case:
     options = record.get("target_options") or {}
     if not isinstance(options, dict) or set(options) - {"dtype", "device"}:
         raise CorpusError(f"{path}: target_options must hold only dtype and device, got {options!r}")
-    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""), options)
+    triage = record.get("triage")
+    if triage is not None and (not isinstance(triage, dict) or triage.get("classification") not in TRIAGE_CLASSES or not triage.get("writeup")):
+        raise CorpusError(f"{path}: triage must be {{\"classification\": one of {', '.join(TRIAGE_CLASSES)}, \"writeup\": \"...\"}}, got {triage!r}")
+    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""), options, triage)
 
 
 def iter_files(paths: Iterable[Path | str]) -> list[Path]:

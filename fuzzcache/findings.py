@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-KINDS = ("mismatch", "crash", "hang", "contract", "nondeterministic")
+KINDS = ("mismatch", "crash", "hang", "contract", "nondeterministic", "engine_error")
 
 
 class Finding(AssertionError):

@@ -11,7 +11,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from fuzzcache.contract import EngineConfig
+from fuzzcache.contract import EngineConfig, EngineError
 from fuzzcache.findings import Finding
 
 TIME_LIMIT_S = 60.0  # per call into a target; `fuzzcache fuzz --example-timeout` sets it
@@ -61,6 +61,10 @@ def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | 
         raise Finding("hang", f"{what} made no progress within {limit_s:g}s", {"limit_s": limit_s}) from None
     except Finding:
         raise
+    except EngineError as exc:
+        raise Finding("engine_error", f"{what}: {exc}") from exc
+    except TimeoutError as exc:  # the target's own no-progress detection
+        raise Finding("hang", f"{what}: {exc}", {"limit_s": limit_s}) from exc
     except ValueError as exc:
         if any(f"EngineConfig.{name}" in str(exc) for name in CONFIG_FIELDS):
             raise Unsupported(str(exc)) from exc

@@ -34,6 +34,7 @@ class Saved:
     path: Path | None
     new: bool
     scenario: Any
+    triage: str | None = None  # the classification of an existing, triaged corpus file
 
 
 @dataclass
@@ -162,7 +163,15 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     path, new = (None, True)
     if corpus_dir is not None:
         path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, target_options(target))
-    return Saved(prop.id, finding.kind, finding.message, path, new, scenario)
+    triage = None if new or path is None else _classification(path)
+    return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage)
+
+
+def _classification(path: Path) -> str | None:
+    try:
+        return (corpus.load(path).triage or {}).get("classification")
+    except corpus.CorpusError:
+        return None  # `fuzzcache replay` names the broken file
 
 
 def replay(case: corpus.Case, target=None) -> Finding | None:

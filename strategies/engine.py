@@ -79,9 +79,9 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
 
 
 @st.composite
-def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None) -> TraceScenario:
+def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None, min_block_size: int = 1) -> TraceScenario:
     """A request trace plus a config over the target's features; with ``focus``, at least two
     requests (with a shared prefix) and that path always on."""
-    block_size = draw(block_sizes()) if "paged" in features else EngineConfig().block_size
+    block_size = draw(block_sizes(min_size=min_block_size)) if "paged" in features else EngineConfig().block_size
     requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1))
     return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus)))

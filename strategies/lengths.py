@@ -5,10 +5,11 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 
-def block_sizes(max_size: int = 16) -> st.SearchStrategy[int]:
+def block_sizes(max_size: int = 16, min_size: int = 1) -> st.SearchStrategy[int]:
     """Block sizes 1..16 (the default), non-powers of two included; one integer choice, so a
-    failure found at any size shrinks toward 1 (Hypothesis draws the bounds often)."""
-    return st.integers(1, max_size)
+    failure found at any size shrinks toward the smallest (Hypothesis draws the bounds often).
+    ``min_size`` is the target's smallest block (transformers' pages are >= 4 tokens)."""
+    return st.integers(min_size, max_size)
 
 
 def prompt_lengths(block_size: int, max_len: int) -> st.SearchStrategy[int]:

@@ -23,6 +23,7 @@ from fuzzcache.mutants import (  # noqa: F401  (re-exported for tests/test_seed_
     unnormalised_drafts,
     verify_one_too_many,
 )
+from fuzzcache.targets import hf_planted
 from fuzzcache.targets.reference import ReferenceTarget
 
 
@@ -87,7 +88,14 @@ PLANTED = {
     "draft.normalized": lambda: build("draft_unnormalised"),
     "step.fused": lambda: with_ops("fused_mask_leak", ragged_forward=forward_seeing_padding),
     "spec.distribution": lambda: build("spec_residual_from_target"),
+    # between a multi-path target's own paths: HF transformers with one path broken
+    "paths.static": lambda: hf_planted.positions_skip_on_static(),
+    "paths.batched": lambda: hf_planted.positions_skip_on_batched(),
+    "paths.continuous": lambda: hf_planted.positions_skip_on_continuous(),
 }
+
+# the correct target each planted bug is a copy of (the reference engine unless named here)
+CORRECT = {"paths.static": "hf:llama", "paths.batched": "hf:llama", "paths.continuous": "hf:llama"}
 
 # module-level factories, so ``planted:<property id with dots as underscores>`` resolves
 for _pid, _factory in PLANTED.items():

@@ -47,4 +47,4 @@ def test_planted_bug_is_found_shrunk_saved_and_replayed(property_id, tmp_path):
     result = CliRunner().invoke(main, ["replay", str(files[0])])
     assert result.exit_code == 1 and "FAILS" in result.output, result.output
 
-    assert replay(load(files[0]), resolve_target("reference")) is None, "the correct engine fails the shrunk scenario"
+    assert replay(load(files[0]), resolve_target(planted.CORRECT.get(property_id, "reference"))) is None, "the correct engine fails the shrunk scenario"

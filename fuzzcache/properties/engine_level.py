@@ -8,6 +8,7 @@ configs of one target, for when the oracle would be too slow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -25,10 +26,15 @@ from hypothesis import reject
 from hypothesis.control import currently_in_test_context
 
 
-def run_generate(target, scenario: TraceScenario) -> list:
-    """``target.generate`` with crash/hang guards and the contract's shape checks."""
+def run_generate(target, scenario: TraceScenario, via: str | None = None) -> list:
+    """``target.generate`` (or ``target.generate_via(via, ...)``, one named path of a target that
+    has several) with crash/hang guards and the contract's shape checks."""
+    if via is None:
+        what, generate = f"{target.name}.generate", target.generate
+    else:
+        what, generate = f"{target.name}.generate_via({via!r})", functools.partial(target.generate_via, via)
     try:
-        out = call_target(f"{target.name}.generate", target.generate, scenario.requests, scenario.config)
+        out = call_target(what, generate, scenario.requests, scenario.config)
     except Unsupported:
         if not currently_in_test_context():
             raise  # a replay: the caller reports it
@@ -115,7 +121,7 @@ register(Property(
     level="engine",
     description="generate() equals the oracle's greedy continuation for every request of a trace",
     scenario_type=TraceScenario,
-    strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len),
+    strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len, min_block_size=getattr(t, "min_block_size", 1)),
     check=check_trace,
 ))
 
@@ -125,43 +131,48 @@ def check_same(variant):
     up to near-ties judged by the oracle at the first difference."""
 
     def check(target, scenario: TraceScenario) -> None:
-        tol = tolerance_for(getattr(target, "dtype", torch.float32))
         other = TraceScenario(scenario.requests, variant(scenario))
         a, b = run_generate(target, scenario), run_generate(target, other)
-        for req, ca, cb in zip(scenario.requests, a, b):
-            ta, tb = list(ca.tokens), list(cb.tokens)
-            step = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
-            la, lb = getattr(ca, "logits", None), getattr(cb, "logits", None)
-            if la is not None and lb is not None:  # logits agree up to where the tokens part
-                n = len(ta) if step is None else step + 1
-                diff = (la[:n].float() - lb[:n].float()).abs().amax(-1) if n else torch.zeros(0)
-                bad = (diff > tol.logits).nonzero()
-                if len(bad):
-                    i = int(bad[0])
-                    raise mismatch(
-                        f"request {req.rid} step {i}: logits of config A and B differ by {float(diff[i]):.3g} "
-                        f"(> {tol.logits:g}); B = {other.config}",
-                        rid=req.rid, step=i, expected=ta[i], got=tb[i], margin=0.0, max_abs_diff=float(diff[i]), what="metamorphic logits",
-                    )
-            if step is None:
-                continue
-            row = oracle_rows(target, req.prompt, ta[: step + 1])[-1]
-            margin = abs(float(row[ta[step]] - row[tb[step]]))
-            if margin > tol.tie or math.isnan(margin):
-                raise mismatch(
-                    f"request {req.rid} step {step}: config A gave {ta[step]}, config B gave {tb[step]} "
-                    f"(oracle margin between them {margin:.4g}); B = {other.config}",
-                    rid=req.rid, step=step, expected=ta[step], got=tb[step], margin=margin, max_abs_diff=0.0, what="metamorphic",
-                )
-            reached("near-tie")
+        assert_same_outputs(target, scenario.requests, a, b, "config A", "config B", f"B = {other.config}")
 
     return check
+
+
+def assert_same_outputs(target, requests, a: list, b: list, name_a: str, name_b: str, context: str) -> None:
+    """Two runs of the same requests agree: logits up to where the tokens part, and tokens up to
+    a near-tie judged by the oracle at the first difference."""
+    tol = tolerance_for(getattr(target, "dtype", torch.float32))
+    for req, ca, cb in zip(requests, a, b):
+        ta, tb = list(ca.tokens), list(cb.tokens)
+        step = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
+        la, lb = getattr(ca, "logits", None), getattr(cb, "logits", None)
+        if la is not None and lb is not None:  # logits agree up to where the tokens part
+            n = len(ta) if step is None else step + 1
+            diff = (la[:n].float() - lb[:n].float()).abs().amax(-1) if n else torch.zeros(0)
+            bad = (diff > tol.logits).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                raise mismatch(
+                    f"request {req.rid} step {i}: logits of {name_a} and {name_b} differ by {float(diff[i]):.3g} (> {tol.logits:g}); {context}",
+                    rid=req.rid, step=i, expected=ta[i], got=tb[i], margin=0.0, max_abs_diff=float(diff[i]), what="metamorphic logits",
+                )
+        if step is None:
+            continue
+        row = oracle_rows(target, req.prompt, ta[: step + 1])[-1]
+        margin = abs(float(row[ta[step]] - row[tb[step]]))
+        if margin > tol.tie or math.isnan(margin):
+            raise mismatch(
+                f"request {req.rid} step {step}: {name_a} gave {ta[step]}, {name_b} gave {tb[step]} "
+                f"(oracle margin between them {margin:.4g}); {context}",
+                rid=req.rid, step=step, expected=ta[step], got=tb[step], margin=margin, max_abs_diff=0.0, what="metamorphic",
+            )
+        reached("near-tie")
 
 
 def _metamorphic(pid: str, description: str, requires: set[str], variant, focus: str) -> None:
     register(Property(
         id=pid, level="engine", description=description, scenario_type=TraceScenario,
-        strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len, focus),
+        strategy=lambda t: trace_scenarios(frozenset(t.features), t.vocab_size, t.max_seq_len, focus, getattr(t, "min_block_size", 1)),
         check=check_same(variant), requires=frozenset(requires),
     ))
 

@@ -68,9 +68,9 @@ def check_prefix_hit(target, s: PrefixScenario) -> None:
 
 
 @st.composite
-def prefix_scenarios(draw):
+def prefix_scenarios(draw, min_block_size: int = 1):
     """Prompts from a small alphabet (so they share leading blocks) or with a copied prefix."""
-    block = draw(block_sizes())
+    block = draw(block_sizes(min_size=min_block_size))
     alphabet = draw(st.one_of(st.integers(1, 2), st.just(64)))
     prompt = st.lists(st.integers(0, alphabet - 1), min_size=1, max_size=3 * block + 1).map(tuple)
     prompts = draw(st.lists(prompt, min_size=2, max_size=3))
@@ -84,7 +84,7 @@ SEED_SHARED = tuple(tokens_of(64, 12, 5))
 
 register(Property(
     id="prefix.hit", level="engine", description="shared prefixes hit the prefix cache and still match the oracle (seed 4)",
-    scenario_type=PrefixScenario, strategy=lambda t: prefix_scenarios(), check=check_prefix_hit,
+    scenario_type=PrefixScenario, strategy=lambda t: prefix_scenarios(getattr(t, "min_block_size", 1)), check=check_prefix_hit,
     requires=frozenset({"prefix_cache"}),
     examples=(PrefixScenario(4, tuple(SEED_SHARED + tuple(tokens_of(64, 4, 6 + i)) for i in range(3)), 8),),
 ))

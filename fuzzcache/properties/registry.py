@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 @dataclass(frozen=True)
 class Property:
     id: str  # stable, e.g. "engine.trace"; corpus files and --property use it
-    level: str  # "engine" (any target, through the contract) or "op" (the reference engine's own paths)
+    level: str  # "engine" (any target, through the contract), "op" (the reference engine's own paths) or
+    # "paths" (a target with several paths of its own, compared through ``generate_via``)
     description: str
     scenario_type: type
     strategy: Callable[[Any], st.SearchStrategy]  # target -> strategy of scenarios
@@ -23,6 +24,8 @@ class Property:
 
     def applies_to(self, target) -> bool:
         if self.level == "op" and not hasattr(target, "ops"):
+            return False
+        if self.level == "paths" and not hasattr(target, "generate_via"):
             return False
         return self.requires <= frozenset(getattr(target, "features", ()))
 

@@ -1,7 +1,7 @@
 """Target resolution: turn a name from the command line or pytest into a target object.
 
 Names: ``reference``; ``mutant:<name>`` (the bug zoo, fuzzcache.mutants); ``hf:<arch>``
-(reserved for HF transformers); an entry point in the group ``fuzzcache.targets``; or
+(HF transformers, fuzzcache.targets.hf); an entry point in the group ``fuzzcache.targets``; or
 ``package.module:attr`` where attr is a target or a zero-argument callable returning one.
 """
 
@@ -79,7 +79,9 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
 
         return build(spec.removeprefix("mutant:"), **options)
     if spec.startswith("hf:"):
-        raise UnknownTarget(f"target {spec!r}: hf:<arch> targets are reserved and not available in this version")
+        from fuzzcache.targets.hf import HFTarget
+
+        return HFTarget(spec.removeprefix("hf:"), **options)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             return _instantiate(ep.load(), spec, options)
@@ -95,5 +97,5 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
     raise UnknownTarget(
         f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
         "mutant:<name> (see `fuzzcache list`), an entry point in the group 'fuzzcache.targets', "
-        "or package.module:attr (hf:<arch> is reserved)"
+        "hf:<arch> (llama, mistral, qwen2, phi), or package.module:attr"
     )

@@ -1,0 +1,244 @@
+"""HF transformers as a target: ``hf:<arch>`` (llama, mistral, qwen2, phi) on a tiny seeded model.
+
+``generate`` maps the EngineConfig onto real transformers machinery, one path per call:
+
+======================  ===========================================================================
+config                  transformers path
+======================  ===========================================================================
+``spec_k > 0``          ``generate`` per request with a DynamicCache: ``prompt_lookup_num_tokens=k``
+                        (draft ``prompt_lookup``) or ``assistant_model`` = the 1-layer draft model
+                        (``bigram``/``trigram``), ``num_assistant_tokens=k``, constant schedule
+``num_blocks``,         continuous batching (paged KV, ``page_size`` = block_size >= 4,
+``max_batch_tokens``,   ``num_blocks``, ``max_batch_tokens``, ``allow_block_sharing`` = prefix_cache,
+``prefix_cache`` or     ``max_requests_per_batch`` = max_num_seqs, soft reset of a request when the
+any arrival > 0         pool is full), stepped so each request is added at its arrival step
+several requests        one left-padded batched ``generate`` per group of max_num_seqs,
+                        ``prefill_chunk_size`` = chunk_size
+one request             ``generate`` with a DynamicCache, ``prefill_chunk_size`` = chunk_size
+======================  ===========================================================================
+
+``generate_via(path, ...)`` forces a path (``static``: one request at a time with a StaticCache),
+for the metamorphic hf.same.* properties between transformers' own paths.
+
+Not expressible, and documented rather than faked: arrivals outside continuous batching (the
+batch APIs take every request at once); chunk_size inside continuous batching (it splits
+prompts by ``max_batch_tokens`` only); ``max_new_tokens=0`` (transformers always generates
+one token; such requests get no tokens without a call). ``Completion.logits`` are filled
+from ``output_logits`` on the ``generate`` paths; continuous batching returns none.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+
+from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
+from fuzzcache.targets.hf_continuous import stepped_generate
+from fuzzcache.targets.hf_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, tiny_model
+
+PATHS = ("single", "batched", "static", "continuous", "speculative")
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"})
+MIN_PAGE_SIZE = 4  # ContinuousBatchingConfig.page_size must be >= 4
+PAD = 0
+CPU_OFFLOAD_GIB = 0.0  # a preempted request is soft-reset (recomputed); offloading needs pinned memory, so a CUDA device
+
+
+def require_transformers() -> None:
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("hf:<arch> targets need transformers: pip install 'fuzzcache[hf]'") from exc
+    transformers.logging.set_verbosity_error()  # deprecation and "no EOS" notices on every call
+
+
+class HFTarget:
+    """A tiny seeded ``arch`` model behind transformers' own generation paths. ``cache_class``
+    is the DynamicCache class the ``generate`` paths use (a planted bug replaces it);
+    ``last_path`` names the path the latest ``generate`` took."""
+
+    features = FEATURES
+    min_block_size = MIN_PAGE_SIZE  # strategies draw block sizes from here up
+
+    def __init__(self, arch: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu", name: str | None = None, cache_class=None):
+        require_transformers()
+        from transformers import DynamicCache
+
+        if arch not in ARCHITECTURES:
+            from fuzzcache.targets import UnknownTarget
+
+            raise UnknownTarget(f"unknown target 'hf:{arch}'; HF architectures: {', '.join('hf:' + a for a in ARCHITECTURES)}")
+        self.arch = arch
+        self.name = name or f"hf:{arch}"
+        self.dtype = dtype
+        self.device = device
+        self.vocab_size = VOCAB_SIZE
+        self.max_seq_len = MAX_SEQ_LEN
+        self.cache_class = cache_class or DynamicCache
+        self.model = tiny_model(arch, dtype=dtype, device=device)
+        if getattr(self.model.config, "sliding_window", None) is not None:
+            self.features = FEATURES - {"prefix_cache"}  # transformers shares no blocks of sliding-window layers
+        self.cb_model = copy.deepcopy(self.model)  # continuous batching switches its attention implementation
+        self._draft = None
+        self.last_path = ""
+        self.last_stats: dict[str, int] = {}
+
+    # ---- the contract -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        ids = torch.tensor([list(tokens)], device=self.device)
+        return self.model(ids, use_cache=False).logits[0].float().cpu()  # (T, V)
+
+    def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
+        return self.generate_via(self.path_for(requests, config), requests, config)
+
+    def generate_via(self, path: str, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
+        """``generate`` forced down one of PATHS (the hf.same.* properties compare two)."""
+        if path not in PATHS:
+            raise ValueError(f"unknown transformers path {path!r}; known: {', '.join(PATHS)}")
+        validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        self.last_path = path
+        self.last_stats = {}
+        live = [r for r in requests if r.max_new_tokens > 0]
+        done = {r.rid: Completion(r.rid, [], torch.zeros(0, self.vocab_size) if path != "continuous" else None) for r in requests if r.max_new_tokens == 0}
+        if path == "speculative":
+            done |= {r.rid: self._assisted(r, config) for r in live}
+        elif path == "continuous":
+            done |= self._continuous(requests, config)
+        elif path == "static":
+            done |= {r.rid: self._padded_batch([r], config, static=True)[r.rid] for r in live}
+        elif path == "single":
+            done |= {r.rid: self._padded_batch([r], config)[r.rid] for r in live}
+        else:
+            for start in range(0, len(live), config.max_num_seqs):
+                done |= self._padded_batch(live[start : start + config.max_num_seqs], config)
+        return [done[r.rid] for r in requests]
+
+    @staticmethod
+    def path_for(requests: Sequence[Request], config: EngineConfig) -> str:
+        """Which transformers path ``generate`` takes for this trace and config."""
+        if config.spec_k > 0:
+            return "speculative"
+        if config.num_blocks is not None or config.max_batch_tokens is not None or config.prefix_cache or any(r.arrival for r in requests):
+            return "continuous"
+        return "batched" if len(requests) > 1 else "single"
+
+    # ---- the paths ----------------------------------------------------------------------------
+
+    def _generation_config(self, **fields):
+        from transformers import GenerationConfig
+
+        return GenerationConfig(**{"do_sample": False, "eos_token_id": None, "pad_token_id": PAD, **fields})
+
+    @torch.no_grad()
+    def _padded_batch(self, requests: list[Request], config: EngineConfig, static: bool = False) -> dict[int, Completion]:
+        """One left-padded ``generate`` over ``requests`` (the single path when there is one),
+        with a DynamicCache, or a StaticCache sized to the sequence when ``static``."""
+        from transformers import StaticCache
+
+        if not requests:
+            return {}
+        width = max(len(r.prompt) for r in requests)
+        ids = torch.tensor([[PAD] * (width - len(r.prompt)) + list(r.prompt) for r in requests], device=self.device)  # (B, T)
+        mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests], device=self.device)  # (B, T)
+        new = max(r.max_new_tokens for r in requests)
+        cache = StaticCache(config=self.model.config, max_cache_len=width + new) if static else self.cache_class(config=self.model.config)
+        out = self.model.generate(
+            ids, attention_mask=mask, past_key_values=cache,
+            generation_config=self._generation_config(max_new_tokens=new, min_new_tokens=new, prefill_chunk_size=config.chunk_size, output_logits=True, return_dict_in_generate=True),
+        )
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, new, V)
+        return {
+            r.rid: Completion(r.rid, out.sequences[i, width : width + r.max_new_tokens].tolist(), logits[i, : r.max_new_tokens])
+            for i, r in enumerate(requests)
+        }
+
+    @torch.no_grad()
+    def _assisted(self, request: Request, config: EngineConfig) -> Completion:
+        """Assisted generation for one request (transformers supports batch size 1 only)."""
+        if config.draft == "prompt_lookup":
+            draft_fields = dict(prompt_lookup_num_tokens=config.spec_k)
+            assistant = None
+        else:
+            assistant = self.draft_model
+            assistant.generation_config.num_assistant_tokens = config.spec_k
+            assistant.generation_config.num_assistant_tokens_schedule = "constant"
+            assistant.generation_config.assistant_confidence_threshold = 0.0  # propose exactly k, every step
+            draft_fields = dict(num_assistant_tokens=config.spec_k, num_assistant_tokens_schedule="constant")
+        counter = _DraftCounter(self.model)
+        ids = torch.tensor([list(request.prompt)], device=self.device)
+        with counter:
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache_class(config=self.model.config), assistant_model=assistant,
+                generation_config=self._generation_config(max_new_tokens=request.max_new_tokens, min_new_tokens=request.max_new_tokens, output_logits=True, return_dict_in_generate=True, **draft_fields),
+            )
+        logits = torch.stack(out.logits, dim=1)[0].float().cpu()  # (new, V)
+        stats = {"draft_proposed": counter.proposed, "draft_accepted": counter.accepted}
+        return Completion(request.rid, out.sequences[0, len(request.prompt) :].tolist(), logits, stats)
+
+    @property
+    def draft_model(self):
+        if self._draft is None:
+            self._draft = draft_model(self.arch, dtype=self.dtype, device=self.device)
+        return self._draft
+
+    def _continuous(self, requests: Sequence[Request], config: EngineConfig) -> dict[int, Completion]:
+        """The continuous-batching engine, stepped; each request added at its arrival step."""
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        if config.block_size < MIN_PAGE_SIZE:
+            raise ValueError(f"EngineConfig.block_size={config.block_size}: transformers' continuous batching needs page_size >= {MIN_PAGE_SIZE}")
+        total = sum(len(r.prompt) + r.max_new_tokens for r in requests)
+        cb_config = ContinuousBatchingConfig(
+            page_size=config.block_size,
+            num_blocks=config.num_blocks if config.num_blocks is not None else len(requests) + -(-total // config.block_size),
+            max_batch_tokens=config.max_batch_tokens if config.max_batch_tokens is not None else total,
+            max_requests_per_batch=config.max_num_seqs,
+            allow_block_sharing=config.prefix_cache,
+            use_async_batching=False, use_cuda_graph=False, max_blocks_per_request=0, auto_switch_to_flash=False,
+            cpu_offload_space=CPU_OFFLOAD_GIB,
+        )
+        max_steps = 4 * total + max((r.arrival for r in requests), default=0) + 16
+        run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps)
+        self.last_stats = {"steps": run.steps, "preemptions": sum(r.preemptions for r in run.results.values())}
+        return {
+            r.rid: Completion(r.rid, run.results[r.rid].tokens, None, {"cached_prefix_tokens": run.results[r.rid].cached_prefix_tokens, "preemptions": run.results[r.rid].preemptions})
+            for r in requests
+            if r.max_new_tokens > 0
+        }
+
+
+class _DraftCounter:
+    """Counts drafts proposed and accepted in assisted generation by wrapping the candidate
+    generator transformers builds for the call (``get_candidates`` / ``update_candidate_strategy``)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.proposed = self.accepted = 0
+
+    def __enter__(self):
+        build = type(self.model)._get_candidate_generator
+
+        def counted_build(*args, **kwargs):
+            generator = build(self.model, *args, **kwargs)
+            get, update = generator.get_candidates, generator.update_candidate_strategy
+
+            def get_candidates(input_ids, *a, **kw):
+                candidates, logits = get(input_ids, *a, **kw)
+                self.proposed += candidates.shape[1] - input_ids.shape[1]
+                return candidates, logits
+
+            def update_candidate_strategy(input_ids, scores, num_matches):
+                self.accepted += int(num_matches)
+                return update(input_ids, scores, num_matches)
+
+            generator.get_candidates, generator.update_candidate_strategy = get_candidates, update_candidate_strategy
+            return generator
+
+        self.model._get_candidate_generator = counted_build
+        return self
+
+    def __exit__(self, *exc):
+        del self.model._get_candidate_generator

@@ -1,0 +1,82 @@
+"""Tiny seeded-random HF transformers models, one per architecture, built from configs (no hub).
+
+Weights are drawn with ``initializer_range`` 0.4 instead of HF's 0.02, so logits spread out: the
+median top-1/top-2 margin is about 0.5 (at 0.02 it is 0.03 and near-ties would hide real bugs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+VOCAB_SIZE = 64
+MAX_SEQ_LEN = 64
+INIT_RANGE = 0.4
+COMMON = dict(
+    vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_SEQ_LEN,
+    initializer_range=INIT_RANGE, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    what: str  # the KV-cache-relevant trait this architecture brings
+    build: Callable[[dict], "torch.nn.Module"]  # config overrides -> model
+
+
+def _llama(overrides: dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**{**COMMON, **overrides}))
+
+
+def _mistral(overrides: dict):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    return MistralForCausalLM(MistralConfig(**{**COMMON, "sliding_window": 8, **overrides}))
+
+
+def _qwen2(overrides: dict):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    return Qwen2ForCausalLM(Qwen2Config(**{**COMMON, **overrides}))
+
+
+def _phi(overrides: dict):
+    from transformers import PhiConfig, PhiForCausalLM
+
+    return PhiForCausalLM(PhiConfig(**{**COMMON, "partial_rotary_factor": 0.5, **overrides}))
+
+
+ARCHITECTURES = {
+    a.name: a
+    for a in (
+        Architecture("llama", "GQA (4 query heads, 2 KV heads), RoPE", _llama),
+        Architecture("mistral", "sliding window of 8 tokens (prompts reach 40)", _mistral),
+        Architecture("qwen2", "QKV bias, GQA, RoPE", _qwen2),
+        Architecture("phi", "partial rotary (half of each head rotates), parallel attention/MLP", _phi),
+    )
+}
+
+
+def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu", **overrides):
+    """The tiny ``arch`` model with weights drawn from ``seed``, in eval mode."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown HF architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ARCHITECTURES[arch].build({"attn_implementation": "sdpa", **overrides})
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def draft_model(arch: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """A smaller model of the same vocabulary for ``assistant_model`` speculation: one layer of the
+    target's own weights (so drafts are often right and every accept count shows up)."""
+    target = tiny_model(arch, dtype=dtype, device=device)
+    draft = tiny_model(arch, dtype=dtype, device=device, num_hidden_layers=1)
+    draft.load_state_dict(target.state_dict(), strict=False)
+    return draft
