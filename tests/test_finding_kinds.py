@@ -16,7 +16,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from fuzzcache import corpus, guard, runner
+from fuzzcache import EngineError, corpus, guard, runner
 from fuzzcache.model import ModelConfig
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import PropertyRun, run_property
@@ -102,6 +102,29 @@ def test_crash_is_found_shrunk_and_saved(tmp_path):
     assert len(s.requests) == 2
     assert all(r.prompt == (0,) and r.max_new_tokens == 1 and r.arrival == 0 for r in s.requests)
     replays_as(target, saved, "crash")
+
+
+# --- engine_error --------------------------------------------------------------------------
+
+
+class FailsTheBatch(Toy):
+    """Its engine reports every request of a step failed when two requests share the pool (as
+    transformers' continuous batching fails the rest of the batch on a scheduling error)."""
+
+    FEATURES = frozenset({"paged", "preemption"})
+
+    def generate(self, requests, config):
+        if len(requests) >= 2 and config.num_blocks is not None:
+            raise EngineError(f"request {requests[0].rid} could not be scheduled; failed the {len(requests)} requests of its batch")
+        return super().generate(requests, config)
+
+
+def test_engine_reported_failure_is_its_own_kind(tmp_path):
+    target = FailsTheBatch()
+    saved, record = only_finding(fuzz(target, tmp_path), tmp_path, "engine_error")
+    assert saved.message == "FailsTheBatch.generate: request 0 could not be scheduled; failed the 2 requests of its batch"
+    assert len(saved.scenario.requests) == 2 and saved.scenario.config.num_blocks is not None
+    replays_as(target, saved, "engine_error")
 
 
 # --- hang ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Target resolution: the built-in reference, reserved prefixes, and user targets named as
+"""Target resolution: the built-in reference, hf:<arch>, and user targets named as
 ``module:attr`` from a module outside the package (an instance or a zero-argument factory)."""
 
 from __future__ import annotations
@@ -111,11 +111,9 @@ def test_unknown_name_lists_what_exists(spec):
     assert isinstance(info.value, ValueError)  # UnknownTarget is a ValueError for callers that catch those
 
 
-@pytest.mark.parametrize("spec", ["hf:llama", "hf:gpt2"])
-def test_reserved_prefixes_say_so(spec):
-    with pytest.raises(UnknownTarget, match="reserved") as info:
-        resolve_target(spec)
-    assert repr(spec) in str(info.value)
+def test_hf_prefix_names_the_known_architectures():
+    with pytest.raises(UnknownTarget, match="'hf:gpt2'; HF architectures: hf:llama, hf:mistral"):
+        resolve_target("hf:gpt2")
 
 
 @pytest.mark.parametrize("spec", ["mutant:x", "mutant:"])

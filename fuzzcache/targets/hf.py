@@ -24,7 +24,8 @@ Not expressible, and documented rather than faked: arrivals outside continuous b
 batch APIs take every request at once); chunk_size inside continuous batching (it splits
 prompts by ``max_batch_tokens`` only); ``max_new_tokens=0`` (transformers always generates
 one token; such requests get no tokens without a call). ``Completion.logits`` are filled
-from ``output_logits`` on the ``generate`` paths; continuous batching returns none.
+from ``output_logits`` on the ``generate`` paths and from the sampler's scores in continuous
+batching.
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class HFTarget:
         self.last_path = path
         self.last_stats = {}
         live = [r for r in requests if r.max_new_tokens > 0]
-        done = {r.rid: Completion(r.rid, [], torch.zeros(0, self.vocab_size) if path != "continuous" else None) for r in requests if r.max_new_tokens == 0}
+        done = {r.rid: Completion(r.rid, [], torch.zeros(0, self.vocab_size)) for r in requests if r.max_new_tokens == 0}
         if path == "speculative":
             done |= {r.rid: self._assisted(r, config) for r in live}
         elif path == "continuous":
@@ -204,7 +205,7 @@ class HFTarget:
         run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps)
         self.last_stats = {"steps": run.steps, "preemptions": sum(r.preemptions for r in run.results.values())}
         return {
-            r.rid: Completion(r.rid, run.results[r.rid].tokens, None, {"cached_prefix_tokens": run.results[r.rid].cached_prefix_tokens, "preemptions": run.results[r.rid].preemptions})
+            r.rid: Completion(r.rid, run.results[r.rid].tokens, run.results[r.rid].logits(), {"cached_prefix_tokens": run.results[r.rid].cached_prefix_tokens, "preemptions": run.results[r.rid].preemptions})
             for r in requests
             if r.max_new_tokens > 0
         }

@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import torch
+
 from fuzzcache.contract import EngineError, Request
 
 logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)  # psutil and flash-attention notices
@@ -26,6 +28,13 @@ class SteppedResult:
     tokens: list[int]
     cached_prefix_tokens: int = 0
     preemptions: int = 0
+    logit_rows: list = field(default_factory=list)  # (V,) float32 scores each new token was chosen from
+
+    def logits(self):
+        """(n, V) for the n tokens, or None when the rows cannot be matched to the tokens one to one."""
+        if len(self.logit_rows) != len(self.tokens):
+            return None
+        return torch.stack(self.logit_rows) if self.logit_rows else None
 
 
 @dataclass
@@ -43,6 +52,7 @@ def stepped_generate(model, generation_config, cb_config, requests: Sequence[Req
     run = SteppedRun()
     _count_prefix_hits(processor, run, requests)
     _count_offloads(processor, run)
+    scores = _capture_scores(processor)
     pending = sorted((r for r in requests if r.max_new_tokens > 0), key=lambda r: (r.arrival, r.rid))
     waiting = len(pending)
     step = 0
@@ -55,6 +65,7 @@ def stepped_generate(model, generation_config, cb_config, requests: Sequence[Req
         try:
             if processor.prepare_next_batch():
                 processor._generation_step(model)
+                _assign_scores(processor, scores.pop(), run)
                 processor.update_batch()
         except Exception as exc:  # the engine's own loop fails every remaining request on this
             raise EngineError(f"continuous batching step {step} failed, failing the {waiting} unfinished request(s): {type(exc).__name__}: {exc}") from exc
@@ -67,6 +78,27 @@ def stepped_generate(model, generation_config, cb_config, requests: Sequence[Req
         step += 1
     run.steps = step
     return run
+
+
+def _capture_scores(processor) -> list:
+    """Wrap the model runner's sampler to keep the (1, num_logits, V) scores of each step."""
+    captured: list = []
+    sample = processor.model_runner._sample
+
+    def keeping(scores, output_ids):
+        captured.append(scores[0].detach().float().cpu().clone())  # (num_logits, V)
+        return sample(scores, output_ids)
+
+    processor.model_runner._sample = keeping
+    return captured
+
+
+def _assign_scores(processor, rows, run: SteppedRun) -> None:
+    """Row i of a step's scores belongs to the i-th scheduled request that gets a new token
+    (the order ``update_batch`` reads the sampled tokens in)."""
+    getting = [fs.state.request_id for fs in processor.inputs_and_outputs.requests_in_batch if fs.has_new_token]
+    for row, request_id in zip(rows, getting):
+        run.results[int(request_id)].logit_rows.append(row)
 
 
 def _count_prefix_hits(processor, run: SteppedRun, requests: Sequence[Request]) -> None:
