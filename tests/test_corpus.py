@@ -221,7 +221,7 @@ def test_replay_a_case_that_still_fails(tmp_path, planted, cli):
     result = cli("replay", path)
     assert result.exit_code == 1, result.output
     assert f"FAILS  {path}: [mismatch] request 0 step 2" in result.output
-    assert "1 file(s): 1 still failing, 0 unreadable, 0 fixed" in result.output
+    assert "1 file(s): 1 still failing, 0 known (triaged), 0 unreadable, 0 fixed" in result.output
 
 
 def test_replay_a_case_the_target_now_gets_right(tmp_path, cli):
@@ -229,7 +229,7 @@ def test_replay_a_case_the_target_now_gets_right(tmp_path, cli):
     result = cli("replay", path)
     assert result.exit_code == 0, result.output
     assert f"fixed  {path}" in result.output
-    assert "1 file(s): 0 still failing, 0 unreadable, 1 fixed" in result.output
+    assert "1 file(s): 0 still failing, 0 known (triaged), 0 unreadable, 1 fixed" in result.output
 
 
 def test_replay_against_another_target(tmp_path, planted, cli):
@@ -253,7 +253,7 @@ def test_replay_reports_each_file_of_a_folder(tmp_path, planted, cli):
     assert f"fixed  {fixed}" in result.output
     assert f"ERROR  {corrupt}: {corrupt}: not a readable corpus file" in result.output
     assert f"ERROR  {unknown}" in result.output and "no_such_module_xyz" in result.output
-    assert "4 file(s): 1 still failing, 2 unreadable, 1 fixed" in result.output
+    assert "4 file(s): 1 still failing, 0 known (triaged), 2 unreadable, 1 fixed" in result.output
 
 
 def test_replay_a_corrupt_file_is_an_error_naming_it(tmp_path, cli):
@@ -262,7 +262,7 @@ def test_replay_a_corrupt_file_is_an_error_naming_it(tmp_path, cli):
     result = cli("replay", bad)
     assert result.exit_code == 1
     assert f"ERROR  {bad}" in result.output
-    assert "1 file(s): 0 still failing, 1 unreadable, 0 fixed" in result.output
+    assert "1 file(s): 0 still failing, 0 known (triaged), 1 unreadable, 0 fixed" in result.output
 
 
 def test_replay_a_missing_path_is_an_error_naming_it(tmp_path, cli):
@@ -270,6 +270,48 @@ def test_replay_a_missing_path_is_an_error_naming_it(tmp_path, cli):
     result = cli("replay", missing)
     assert result.exit_code == 2
     assert str(missing) in result.stderr and "error" in result.stderr
+
+
+def triaged(path: Path, classification: str = "upstream-bug") -> Path:
+    """The corpus file with a person's triage added."""
+    rec = json.loads(path.read_text())
+    rec["triage"] = {"classification": classification, "writeup": "why it fails and whose bug it is"}
+    path.write_text(json.dumps(rec))
+    return path
+
+
+def test_replay_a_triaged_case_that_still_fails_is_known_not_failing(tmp_path, planted, cli):
+    path = triaged(save(tmp_path, target=planted)[0])
+    result = cli("replay", path)
+    assert result.exit_code == 0, result.output
+    assert f"KNOWN  {path}: [mismatch] request 0 step 2" in result.output and "(triaged: upstream-bug)" in result.output
+    assert "1 file(s): 0 still failing, 1 known (triaged), 0 unreadable, 0 fixed" in result.output
+
+
+def test_replay_a_triaged_case_that_now_passes_asks_for_the_triage_to_be_updated(tmp_path, cli):
+    path = triaged(save(tmp_path, target="reference")[0], "by-design")
+    result = cli("replay", path)
+    assert result.exit_code == 1, result.output
+    assert f"FIXED? {path}: triaged as by-design but passes now; update the triage" in result.output
+
+
+@pytest.mark.parametrize("triage", [{"classification": "wontfix", "writeup": "x"}, {"classification": "by-design"}, "upstream-bug"])
+def test_a_malformed_triage_is_an_error_naming_the_file(tmp_path, triage):
+    path, _ = save(tmp_path)
+    rec = json.loads(path.read_text())
+    rec["triage"] = triage
+    path.write_text(json.dumps(rec))
+    with pytest.raises(corpus.CorpusError, match=f"{path}: triage must be"):
+        corpus.load(path)
+
+
+def test_the_pytest_plugin_expects_triaged_cases_to_fail(pytester, planted):
+    """A triaged case is xfail while it fails, and a failure once it passes (update the triage)."""
+    still = triaged(save(pytester.path / "corpus", target=planted)[0])
+    now_passes = triaged(save(pytester.path / "corpus", target="reference")[0], "by-design")
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rxf")
+    result.assert_outcomes(xfailed=1, failed=1)
+    result.stdout.fnmatch_lines([f"*{now_passes}: triaged as by-design but now passes*", f"XFAIL*{still.stem}*known upstream-bug*"])
 
 
 # --- the pytest plugin ---------------------------------------------------------------------
