@@ -87,6 +87,13 @@ PLANTED = {
     "draft.normalized": lambda: build("draft_unnormalised"),
     "step.fused": lambda: with_ops("fused_mask_leak", ragged_forward=forward_seeing_padding),
     "spec.distribution": lambda: build("spec_residual_from_target"),
+    "surgery.rope.model": lambda: build("surgery_theta_without_scaling"),
+    "surgery.rope.compose": lambda: build("surgery_fp32_angles"),
+    "surgery.rope.bos": lambda: build("surgery_rotates_bos"),
+    "surgery.document": lambda: build("surgery_offset_off_by_one"),
+    "surgery.suffix": lambda: build("surgery_suffix_positions_from_1"),
+    "surgery.nll": lambda: build("surgery_nll_wrong_slice"),
+    "surgery.bpe": lambda: build("surgery_split_unchecked"),
 }
 
 # module-level factories, so ``planted:<property id with dots as underscores>`` resolves

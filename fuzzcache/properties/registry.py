@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 @dataclass(frozen=True)
 class Property:
     id: str  # stable, e.g. "engine.trace"; corpus files and --property use it
-    level: str  # "engine" (any target, through the contract) or "op" (the reference engine's own paths)
+    level: str  # "engine" (any target, through the contract), "op" (the reference engine's own paths) or "surgery" (a target's ``surgery`` ops)
     description: str
     scenario_type: type
     strategy: Callable[[Any], st.SearchStrategy]  # target -> strategy of scenarios
@@ -22,9 +22,21 @@ class Property:
     example_scale: float = 1.0  # share of the profile's max_examples this property runs (an expensive one runs fewer)
 
     def applies_to(self, target) -> bool:
+        return self.unmet(target) is None
+
+    def unmet(self, target) -> str | None:
+        """Why this property cannot run on ``target`` (None when it can)."""
         if self.level == "op" and not hasattr(target, "ops"):
-            return False
-        return self.requires <= frozenset(getattr(target, "features", ()))
+            return "an op-level target (with ``ops``)"
+        if self.level == "surgery":
+            from fuzzcache.surgery import INSTALL_HINT, available
+
+            if not available():
+                return INSTALL_HINT
+            if not hasattr(target, "surgery"):
+                return "a target with ``surgery`` ops"
+        missing = self.requires - frozenset(getattr(target, "features", ()))
+        return f"the features {sorted(missing)}" if missing else None
 
 
 PROPERTIES: dict[str, Property] = {}
