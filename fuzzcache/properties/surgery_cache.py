@@ -75,8 +75,11 @@ def check_document(target, s: DocumentScenario) -> None:
     lead = len(head)
     first = lead + len(s.prefix)  # the first document token; it sees the prefix from layer 0 on
     window = getattr(model.config, "sliding_window", None) or first + 1
-    if len(set(full[max(0, first - window + 1) : first + 1])) < 2:
-        reached("document: first token sees one distinct token, priming not expected")  # equal values average to themselves
+    if not set(full[max(0, first - window + 1) : first]) - set(bare_ids[: lead + 1]):
+        # layer-0 values depend on the token only: a prefix of tokens the bare document's first token
+        # already sees changes only attention weights through RoPE, which can be as small as 6e-6
+        # (phi, prefix=[BOS id], doc=[0]); priming is asserted when the prefix shows a new token
+        reached("document: prefix adds no new token in view, priming not asserted")
         return
     primed_k = max(relative_error(k[:, :, lead:], wk[:, :, lead:]) for (k, _), (wk, _) in zip(got[1:], want[1:]))
     primed_v = max(relative_error(v[:, :, lead:], wv[:, :, lead:]) for (_, v), (_, wv) in zip(got[1:], want[1:]))
@@ -96,7 +99,6 @@ register(Property(
     examples=(DocumentScenario(SurgeryModel(), tokens_of(8, 6), tokens_of(12, 7), True),
               DocumentScenario(SurgeryModel(dtype="fp16"), tokens_of(4, 9), tokens_of(12, 7), True),
               DocumentScenario(SurgeryModel(), tokens_of(13, 10), tokens_of(12, 7), False)),
-    example_scale=0.6,
 ))
 
 
@@ -138,7 +140,6 @@ register(Property(
     strategy=lambda t: st.builds(SuffixScenario, surgery_models(archs_of(t)), token_seqs(1, 14), token_seqs(0, 8)),
     check=check_suffix,
     examples=(SuffixScenario(SurgeryModel(), tokens_of(14, 11), tokens_of(7, 12)),),
-    example_scale=0.6,
 ))
 
 
@@ -192,5 +193,4 @@ register(Property(
     scenario_type=NllScenario, strategy=lambda t: nll_scenarios(archs_of(t)), check=check_nll,
     examples=(NllScenario(SurgeryModel(), tokens_of(12, 5), 12, tokens_of(8, 13), tokens_of(4, 14)),
               NllScenario(SurgeryModel(dtype="fp16"), tokens_of(12, 5), 12, tokens_of(8, 13), tokens_of(4, 14))),
-    example_scale=0.6,
 ))
