@@ -372,14 +372,18 @@ mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request kee
 # (the surgery modules import transformers only when called)
 
 
+def _theta_inv_freq(model, dim: int) -> torch.Tensor:
+    """Default RoPE frequencies for ``dim`` rotary dims from rope_theta alone (float64)."""
+    theta = model.config.rope_parameters["rope_theta"]
+    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
 def rope_info_theta_only(model):
     """inv_freq recomputed from rope_theta alone: the RoPE type's scaling is forgotten."""
     from fuzzcache.surgery.rotary import rope_info
 
     info = rope_info(model)
-    theta = model.config.rope_parameters["rope_theta"]
-    inv_freq = 1.0 / theta ** (torch.arange(0, info.rotary_dim, 2, dtype=torch.float64) / info.rotary_dim)
-    return dataclasses.replace(info, inv_freq=inv_freq)
+    return dataclasses.replace(info, inv_freq=_theta_inv_freq(model, info.rotary_dim))
 
 
 def rope_info_whole_head(model):
@@ -387,9 +391,9 @@ def rope_info_whole_head(model):
     from fuzzcache.surgery.rotary import rope_info
 
     info = rope_info(model)
-    theta = model.config.rope_parameters["rope_theta"]
-    inv_freq = 1.0 / theta ** (torch.arange(0, info.head_dim, 2, dtype=torch.float64) / info.head_dim)
-    return info if info.rotary_dim == info.head_dim else dataclasses.replace(info, rotary_dim=info.head_dim, inv_freq=inv_freq)
+    if info.rotary_dim == info.head_dim:
+        return info
+    return dataclasses.replace(info, rotary_dim=info.head_dim, inv_freq=_theta_inv_freq(model, info.head_dim))
 
 
 def rope_shift_sign_flipped(keys, delta, info, first_position=0):

@@ -100,6 +100,7 @@ def check_rope_compose(target, s: ComposeScenario) -> None:
     moved = ops.rope_shift(keys, a, info, p)
     assert_rel_close(f"shift({a}) then shift({-a})", ops.rope_shift(moved, -a, info, p + a), keys, tol)
     assert_rel_close(f"shift({a}) then shift({b}) vs shift({a + b})", ops.rope_shift(moved, b, info, p + a), ops.rope_shift(keys, a + b, info, p), 2 * tol)
+    reached(f"compose {s.dtype}")
 
 
 @st.composite
