@@ -123,6 +123,10 @@ def test_bpe_boundary_split_is_found_shrunk_and_reported():
     assert len(prefix) == len(doc) == 1, (prefix, doc)  # shrunk to one character each
     with pytest.raises(bpe.BoundarySplit, match="boundary split"):
         bpe.split_text(tok, prefix, doc)
+    with pytest.raises(bpe.BoundarySplit):
+        cache_ops.document_cache_text(tiny_model(), tok, prefix, doc, bos=0)
+    cache, n = cache_ops.document_cache_text(tiny_model(), tok, "Some prefix text", " Document", bos=0)
+    assert n == 1 + len(bpe.encode(tok, " Document"))
     split = bpe.split_text(tok, "Some prefix text", " Document")
     assert list(split.prefix + split.doc) == bpe.encode(tok, "Some prefix text Document")
 

@@ -94,6 +94,15 @@ def document_cache(model, prefix: Sequence[int], document: Sequence[int], bos: i
     return keep_document(model, cache, len(head) + len(prefix), keep_bos=bos is not None)
 
 
+def document_cache_text(model, tok, prefix: str, document: str, bos: int | None = None):
+    """``document_cache`` from text: raises ``bpe.BoundarySplit`` when tokenize(prefix + document)
+    has no cut between the two (the cache of the joined text cannot be split there)."""
+    from fuzzcache.surgery.bpe import split_text
+
+    split = split_text(tok, prefix, document)
+    return document_cache(model, split.prefix, split.doc, bos)
+
+
 def suffix_cache(model, passage: Sequence[int], query: Sequence[int]):
     """The cache of passage followed by query, positions 0..; its first len(passage) entries are the passage's own."""
     return build_cache(model, list(passage) + list(query))[1]
