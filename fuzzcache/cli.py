@@ -67,12 +67,12 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
         fail(str(exc))
     target = target_or_fail(target_spec, dtype, device)
     applicable = [p for p in props if p.applies_to(target)]
-    skipped = [p.id for p in props if p not in applicable]
+    skipped = [f"{p.id} (needs {p.unmet(target)})" for p in props if p not in applicable]
     if not applicable:
-        fail(f"no selected property applies to target {target_spec!r} (features: {sorted(target.features)})")
+        fail(f"no selected property applies to target {target_spec!r} (features: {sorted(target.features)}): {'; '.join(skipped)}")
     console = make_console()
     if skipped:
-        console.print(f"not applicable to {target_spec}: {', '.join(skipped)}")
+        console.print(f"not applicable to {target_spec}: {'; '.join(skipped)}")
     result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database_dir, console)
     print_report(result, console)
     json_path, junit_path = write_reports(result, report_dir)

@@ -35,9 +35,15 @@ class Mutant:
 ZOO: dict[str, Mutant] = {}
 
 
-def mutant(name: str, path: str, bug: str, *triggers: str, ops: dict | None = None, scheduler: type | None = None) -> None:
+def mutant(name: str, path: str, bug: str, *triggers: str, ops: dict | None = None, scheduler: type | None = None,
+           surgery: dict | None = None) -> None:
     def make(**options) -> ReferenceTarget:
-        target = ReferenceTarget(name=f"mutant:{name}", ops=dataclasses.replace(DEFAULT_OPS, **(ops or {})), **options)
+        surgery_ops = None
+        if surgery:
+            from fuzzcache.surgery.ops import DEFAULT_SURGERY
+
+            surgery_ops = dataclasses.replace(DEFAULT_SURGERY, **surgery)
+        target = ReferenceTarget(name=f"mutant:{name}", ops=dataclasses.replace(DEFAULT_OPS, **(ops or {})), surgery=surgery_ops, **options)
         if scheduler is not None:
             target.scheduler_class = scheduler
         return target
@@ -360,3 +366,126 @@ mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request kee
        *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool")
          for reqs in ("[prompt=1 new=3] [prompt=1 new=3 at=1]", "[prompt=2 new=2] [prompt=1 new=3]")),
        scheduler=StaleTableScheduler)
+
+
+# ---- KV-cache surgery on HF models (fuzzcache.surgery) ----------------------------------------
+# (the surgery modules import transformers only when called)
+
+
+def _theta_inv_freq(model, dim: int) -> torch.Tensor:
+    """Default RoPE frequencies for ``dim`` rotary dims from rope_theta alone (float64)."""
+    theta = model.config.rope_parameters["rope_theta"]
+    return 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+
+
+def rope_info_theta_only(model):
+    """inv_freq recomputed from rope_theta alone: the RoPE type's scaling is forgotten."""
+    from fuzzcache.surgery.rotary import rope_info
+
+    info = rope_info(model)
+    return dataclasses.replace(info, inv_freq=_theta_inv_freq(model, info.rotary_dim))
+
+
+def rope_info_whole_head(model):
+    """Partial rotary ignored: the whole head_dim rotates, with head_dim's default frequencies."""
+    from fuzzcache.surgery.rotary import rope_info
+
+    info = rope_info(model)
+    if info.rotary_dim == info.head_dim:
+        return info
+    return dataclasses.replace(info, rotary_dim=info.head_dim, inv_freq=_theta_inv_freq(model, info.head_dim))
+
+
+def rope_shift_sign_flipped(keys, delta, info, first_position=0):
+    from fuzzcache.surgery.rotary import rope_shift
+
+    return rope_shift(keys, delta, dataclasses.replace(info, inv_freq=-info.inv_freq), first_position)  # rotates by -Δ
+
+
+def rope_shift_scaled(keys, delta, info, first_position=0):
+    """Uses the rotary module's cos/sin, which carry the attention scaling (yarn, longrope), as the shift."""
+    from fuzzcache.surgery.rotary import rope_shift
+
+    return rope_shift(keys, delta, info, first_position) * info.attention_scaling
+
+
+def rope_shift_fp32_angles(keys, delta, info, first_position=0):
+    """cos/sin computed in float32, so a float64 round trip has float32 error (the seed's 1e-6 bound hid it)."""
+    from fuzzcache.surgery.rotary import check_positions, rotate_half
+
+    check_positions(info, first_position, keys.shape[-2], delta)
+    freqs = delta * info.inv_freq.float()
+    cos, sin = torch.cat((freqs, freqs)).cos(), torch.cat((freqs, freqs)).sin()
+    rot, rest = keys[..., : info.rotary_dim], keys[..., info.rotary_dim :]
+    return torch.cat(((rot * cos.to(rot.dtype) + rotate_half(rot) * sin.to(rot.dtype)).to(keys.dtype), rest), dim=-1)
+
+
+def correct_positions_rotating_bos(cache, delta, info, keep_bos=True, first_position=None):
+    from fuzzcache.surgery.cache_ops import correct_positions
+
+    first = (1 if keep_bos else 0) if first_position is None else first_position
+    return correct_positions(cache, delta, info, keep_bos=False, first_position=first)  # BOS rotated with the rest
+
+
+def keep_document_off_by_one(model, cache, prefix_len, keep_bos=True, info=None):
+    """With BOS kept, shifts by -prefix_len: the document lands one position too early (at 0, on top of BOS)."""
+    from fuzzcache.surgery.cache_ops import correct_positions, layers_of, truncate
+    from fuzzcache.surgery.rotary import rope_info
+
+    info = info or rope_info(model)
+    length = layers_of(cache)[0][0].shape[-2]
+    kept = truncate(cache, prefix_len, length, keep_bos)
+    return correct_positions(kept, -prefix_len, info, keep_bos, first_position=prefix_len), int(keep_bos) + length - prefix_len
+
+
+def score_nll_own_rows(model, cache, prompt, answer):
+    """Scores each answer token with its own row (row i predicts token i + 1): the slice is one row late."""
+    import copy
+
+    from fuzzcache.surgery.cache_ops import answer_nll
+
+    past = copy.deepcopy(cache)
+    start, ids = past.get_seq_length(), list(prompt) + list(answer)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(start, start + len(ids))[None], past_key_values=past).logits[0].float()
+    return answer_nll(logits, len(prompt) + 1, answer)
+
+
+def suffix_cache_from_position_1(model, passage, query):
+    """The passage + query forward starts at position 1 (the BOS slot counted twice)."""
+    from transformers import DynamicCache
+
+    ids = list(passage) + list(query)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids]), position_ids=torch.arange(1, len(ids) + 1)[None], past_key_values=DynamicCache(), use_cache=True).past_key_values
+
+
+def split_text_unchecked(tok, prefix, doc):
+    """Cuts tokenize(prefix + doc) at len(tokenize(prefix)) without checking the boundary (the seed's way)."""
+    from fuzzcache.surgery.bpe import TextSplit, encode
+
+    joined, n = encode(tok, prefix + doc), len(encode(tok, prefix))
+    return TextSplit(tuple(joined[:n]), tuple(joined[n:]))
+
+
+mutant("surgery_theta_without_scaling", "surgery", "the RoPE shift recomputes inv_freq from rope_theta, forgetting the RoPE type's scaling",
+       "surgery.rope.model: llama/linear/fp32 p=0 delta=1", surgery={"rope_info": rope_info_theta_only})
+mutant("surgery_shift_sign_flipped", "surgery", "the RoPE shift rotates by -Δ",
+       "surgery.rope.model: llama/default/fp32 p=0 delta=1", surgery={"rope_shift": rope_shift_sign_flipped})
+mutant("surgery_ignores_partial_rotary", "surgery", "the RoPE shift rotates the whole head_dim (partial rotary of Phi / GPT-NeoX ignored)",
+       "surgery.rope.model: phi/default/fp32 p=0 delta=1", surgery={"rope_info": rope_info_whole_head})
+mutant("surgery_shift_scaled", "surgery", "the RoPE shift uses the rotary's scaled cos/sin, applying yarn/longrope attention scaling twice",
+       "surgery.rope.model: llama/yarn/fp32 p=0 delta=0", surgery={"rope_shift": rope_shift_scaled})
+mutant("surgery_fp32_angles", "surgery", "the RoPE shift computes cos/sin in float32, so a float64 round trip is off by ~1e-8",
+       "surgery.rope.compose: llama/default/fp64 p=0 a=1 b=0", surgery={"rope_shift": rope_shift_fp32_angles})
+mutant("surgery_rotates_bos", "surgery", "position correction rotates the kept BOS key too",
+       "surgery.rope.bos: llama/default/fp32 bos=True first=1 len=0 delta=1", surgery={"correct_positions": correct_positions_rotating_bos})
+mutant("surgery_offset_off_by_one", "surgery", "keeping the document with BOS shifts by -prefix_len instead of -(prefix_len - 1)",
+       "surgery.document: llama/default/fp32 prefix=1 doc=1 bos=True", surgery={"keep_document": keep_document_off_by_one})
+mutant("surgery_nll_wrong_slice", "surgery", "answer NLL reads each token's own row instead of the row before it",
+       "surgery.nll: llama/default/fp32 context=1 keep=1 prompt=1 answer=1", surgery={"score_nll": score_nll_own_rows})
+mutant("surgery_suffix_positions_from_1", "surgery", "the suffix cache's forward starts at position 1",
+       "surgery.suffix: llama/default/fp32 passage=1 query=0", surgery={"suffix_cache": suffix_cache_from_position_1})
+mutant("surgery_split_unchecked", "surgery", "the text split cuts tokenize(prefix + doc) at len(tokenize(prefix)) without checking the boundary",
+       # 1 + 1 characters, every pair the trained merges join (the shrinker may stop at any of them)
+       *(f"surgery.bpe: prefix={p!r} doc={d!r}" for p, d in (("a", "t"), (" ", "b"), (" ", "t"), ("h", "e"))), surgery={"split_text": split_text_unchecked})

@@ -1,4 +1,5 @@
-"""The mutation score: for each mutant, do the seed's ten fixed checks kill it, does the
+"""The mutation score: for each mutant, do the seed's fixed checks (seed 000's ten on the
+engine, seed 004's at its own parameters on the KV-cache surgery) kill it, does the
 fuzzer, how fast, and is the shrunk repro the documented minimal trigger? The correct
 engine runs in the same table and must survive both."""
 
@@ -37,19 +38,38 @@ class MutantScore:
 
 
 def property_order() -> list[Property]:
-    """Cheap op-level properties first, then engine-level ones, the sampling test last."""
+    """Cheap op-level properties first, then the (cheap) surgery ones, engine-level ones, the sampling test last."""
     props = list(PROPERTIES.values())
     slow = [p for p in props if p.example_scale < 1]
-    return [p for p in props if p.level == "op" and p not in slow] + [p for p in props if p.level == "engine" and p not in slow] + slow
+    return [p for level in ("op", "surgery", "engine") for p in props if p.level == level and p not in slow] + slow
 
 
 def fixed_checks(target) -> str:
+    """The seed-000 fixed suite on engine ops, plus the seed-004 checks at the seed's own
+    parameters (the surgery properties' explicit examples) on a target's surgery ops."""
     from fuzzcache.seed_suite import run_seed_checks
 
-    if not hasattr(target, "ops") or not hasattr(target, "model"):
+    failed, ran = [], False
+    if hasattr(target, "ops") and hasattr(target, "model"):
+        ran = True
+        failed += [name for name, passed, _ in run_seed_checks(target) if not passed]
+    surgery = [p for p in PROPERTIES.values() if p.level == "surgery" and p.applies_to(target)]
+    ran = ran or bool(surgery)
+    failed += [f"004 {p.id}" for p in surgery if not _examples_pass(p, target)]
+    if not ran:
         return "n/a"
-    failed = [name for name, passed, _ in run_seed_checks(target) if not passed]
     return f"killed ({', '.join(failed)})" if failed else "survived"
+
+
+def _examples_pass(prop: Property, target) -> bool:
+    from fuzzcache.findings import Finding
+
+    try:
+        for example in prop.examples:
+            prop.check(target, example)
+    except Finding:
+        return False
+    return True
 
 
 def score_target(spec: str, make: Callable[[], object], bug: str, documented: list[str], base: Settings, budget_s: float) -> MutantScore:

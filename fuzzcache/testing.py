@@ -20,8 +20,9 @@ from fuzzcache.runner import run_property
 @pytest.mark.parametrize("property_id", list(PROPERTIES))
 def test_property(property_id, fuzzcache_target, fuzzcache_target_spec, fuzzcache_corpus):
     prop = PROPERTIES[property_id]
-    if not prop.applies_to(fuzzcache_target):
-        pytest.skip(f"{property_id} needs {sorted(prop.requires)} or an op-level target; {fuzzcache_target_spec} lacks it")
+    unmet = prop.unmet(fuzzcache_target)
+    if unmet is not None:
+        pytest.skip(f"{property_id} needs {unmet}; {fuzzcache_target_spec} lacks it")
     run = run_property(prop, fuzzcache_target, fuzzcache_target_spec, settings(), fuzzcache_corpus)
     assert run.error is None, f"{property_id} could not run: {run.error}"
     assert not run.found, "\n".join(f"[{s.kind}] {s.message}\n  repro: {s.path}" for s in run.found)

@@ -92,6 +92,13 @@ PLANTED = {
     "paths.static": lambda: hf_planted.positions_skip_on_static(),
     "paths.batched": lambda: hf_planted.positions_skip_on_batched(),
     "paths.continuous": lambda: hf_planted.positions_skip_on_continuous(),
+    "surgery.rope.model": lambda: build("surgery_theta_without_scaling"),
+    "surgery.rope.compose": lambda: build("surgery_fp32_angles"),
+    "surgery.rope.bos": lambda: build("surgery_rotates_bos"),
+    "surgery.document": lambda: build("surgery_offset_off_by_one"),
+    "surgery.suffix": lambda: build("surgery_suffix_positions_from_1"),
+    "surgery.nll": lambda: build("surgery_nll_wrong_slice"),
+    "surgery.bpe": lambda: build("surgery_split_unchecked"),
 }
 
 # the correct target each planted bug is a copy of (the reference engine unless named here)

@@ -16,7 +16,7 @@ from fuzzcache.mutation_score import score_target
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.targets import resolve_target
 
-PATHS = {"kv", "batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "fused", "preemption"}
+PATHS = {"kv", "batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "fused", "preemption", "surgery"}
 FAST = ["mutant:kv_trim_keeps_one_rejected", "mutant:paged_gather_floor_blocks", "mutant:chunk_short_last_dropped"]
 
 

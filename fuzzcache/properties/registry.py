@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 @dataclass(frozen=True)
 class Property:
     id: str  # stable, e.g. "engine.trace"; corpus files and --property use it
-    level: str  # "engine" (any target, through the contract), "op" (the reference engine's own paths) or
-    # "paths" (a target with several paths of its own, compared through ``generate_via``)
+    level: str  # "engine" (any target, through the contract), "op" (the reference engine's own paths),
+    # "paths" (a target with several paths of its own, compared through ``generate_via``) or "surgery" (a target's ``surgery`` ops)
     description: str
     scenario_type: type
     strategy: Callable[[Any], st.SearchStrategy]  # target -> strategy of scenarios
@@ -23,11 +23,23 @@ class Property:
     example_scale: float = 1.0  # share of the profile's max_examples this property runs (an expensive one runs fewer)
 
     def applies_to(self, target) -> bool:
+        return self.unmet(target) is None
+
+    def unmet(self, target) -> str | None:
+        """Why this property cannot run on ``target`` (None when it can)."""
         if self.level == "op" and not hasattr(target, "ops"):
-            return False
+            return "an op-level target (with ``ops``)"
         if self.level == "paths" and not hasattr(target, "generate_via"):
-            return False
-        return self.requires <= frozenset(getattr(target, "features", ()))
+            return "a target with several paths of its own (``generate_via``, e.g. hf:<arch>)"
+        if self.level == "surgery":
+            from fuzzcache.surgery import INSTALL_HINT, available
+
+            if not available():
+                return INSTALL_HINT
+            if not hasattr(target, "surgery"):
+                return "a target with ``surgery`` ops"
+        missing = self.requires - frozenset(getattr(target, "features", ()))
+        return f"the features {sorted(missing)}" if missing else None
 
 
 PROPERTIES: dict[str, Property] = {}

@@ -180,6 +180,17 @@ class HFTarget:
         return Completion(request.rid, out.sequences[0, len(request.prompt) :].tolist(), logits, stats)
 
     @property
+    def surgery(self):
+        """fuzzcache's KV-cache surgery ops; the surgery.* properties run them on this architecture."""
+        from fuzzcache.surgery.ops import DEFAULT_SURGERY
+
+        return DEFAULT_SURGERY
+
+    @property
+    def surgery_architectures(self) -> tuple[str, ...]:
+        return (self.arch,)
+
+    @property
     def draft_model(self):
         if self._draft is None:
             self._draft = draft_model(self.arch, dtype=self.dtype, device=self.device)

@@ -15,7 +15,8 @@ from fuzzcache.oracle import full_logits
 
 class ReferenceTarget:
     """fuzzcache's own engine. ``ops`` are the operations its fast paths use (a planted bug
-    replaces one); ``last_stats`` holds the engine-wide counters of the latest ``generate``
+    replaces one); ``surgery`` the KV-cache surgery operations on tiny HF models;
+    ``last_stats`` holds the engine-wide counters of the latest ``generate``
     (steps, evictions, prefix_hit_blocks, fused_steps, preemptions)."""
 
     scheduler_class = Scheduler  # mutants and tests may swap in a subclass
@@ -27,6 +28,7 @@ class ReferenceTarget:
         device: str = "cpu",
         name: str = "reference",
         ops: EngineOps = DEFAULT_OPS,
+        surgery=None,
     ):
         self.model = TinyGPT(model_config or ModelConfig(), dtype=dtype, device=device)
         self.dtype = dtype
@@ -37,6 +39,17 @@ class ReferenceTarget:
         self.max_seq_len = self.model.config.max_seq_len
         self.features = FEATURES
         self.last_stats: dict[str, int] = {}
+        self._surgery = surgery
+
+    @property
+    def surgery(self):
+        """The KV-cache surgery ops (``fuzzcache.surgery.ops.SurgeryOps``) the surgery properties
+        exercise; imported on first use, so the reference target never imports transformers."""
+        if self._surgery is None:
+            from fuzzcache.surgery.ops import DEFAULT_SURGERY
+
+            self._surgery = DEFAULT_SURGERY
+        return self._surgery
 
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
         return full_logits(self.model, tokens)
