@@ -32,7 +32,10 @@ def test_without_transformers_fuzzcache_imports_and_surgery_properties_refuse_cl
             "t = resolve_target('mutant:surgery_rotates_bos'); t.surgery\n"
             "reasons = {p.unmet(t) for p in PROPERTIES.values() if p.level == 'surgery'}\n"
             "assert reasons == {'the surgery properties need transformers and tokenizers: install fuzzcache[hf]'}, reasons\n"
-            "assert all(p.applies_to(t) for p in PROPERTIES.values() if p.level != 'surgery')\n")
+            "assert all(p.applies_to(t) for p in PROPERTIES.values() if p.level in ('engine', 'op'))\n"
+            "try: resolve_target('hf:llama')\n"
+            "except ValueError as e: assert \"hf:<arch> targets need transformers: pip install 'fuzzcache[hf]'\" in str(e), e\n"
+            "else: raise AssertionError('hf:llama resolved without transformers')\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

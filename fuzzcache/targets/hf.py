@@ -47,10 +47,12 @@ CPU_OFFLOAD_GIB = 0.0  # a preempted request is soft-reset (recomputed); offload
 
 
 def require_transformers() -> None:
+    from fuzzcache.targets import UnknownTarget
+
     try:
         import transformers
     except ImportError as exc:
-        raise ImportError("hf:<arch> targets need transformers: pip install 'fuzzcache[hf]'") from exc
+        raise UnknownTarget("hf:<arch> targets need transformers: pip install 'fuzzcache[hf]'") from exc
     transformers.logging.set_verbosity_error()  # deprecation and "no EOS" notices on every call
 
 
