@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 
 from fuzzcache import EngineConfig, Request
@@ -82,13 +83,25 @@ def test_continuous_batching_reuses_prefixes_and_preempts():
     assert [c.tokens for c in out] == [greedy(target, r.prompt, 12) for r in many]
 
 
+def test_dynamic_rope_target_does_not_depend_on_earlier_calls():
+    """hf:llama-dynamic resets its stateful rotary before every call: a long call (which grows
+    transformers' frequencies) does not change the next call's result."""
+    target = resolve_target("hf:llama-dynamic")
+    short = [Request(0, (1, 2, 3), 4)]
+    before = target.generate(short, EngineConfig())[0].logits
+    target.reference_logits(list(range(40)))  # past the original 16 positions
+    target.generate([Request(0, tuple(range(1, 30)), 8)], EngineConfig())
+    assert torch.equal(target.generate(short, EngineConfig())[0].logits, before)
+    assert torch.equal(target.reference_logits([1, 2, 3]), resolve_target("hf:llama-dynamic").reference_logits([1, 2, 3]))
+
+
 def test_small_pages_are_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"EngineConfig.block_size=2: .*page_size >= 4"):
         resolve_target("hf:llama").generate(TRACE, EngineConfig(block_size=2, num_blocks=30))
 
 
 def test_unknown_architecture_names_the_known_ones():
-    with pytest.raises(UnknownTarget, match="hf:llama, hf:mistral, hf:qwen2, hf:phi"):
+    with pytest.raises(UnknownTarget, match="hf:llama, hf:llama-dynamic, hf:mistral, hf:qwen2, hf:phi"):
         resolve_target("hf:gpt5")
 
 

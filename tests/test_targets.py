@@ -112,7 +112,7 @@ def test_unknown_name_lists_what_exists(spec):
 
 
 def test_hf_prefix_names_the_known_architectures():
-    with pytest.raises(UnknownTarget, match="'hf:gpt2'; HF architectures: hf:llama, hf:mistral"):
+    with pytest.raises(UnknownTarget, match="'hf:gpt2'; HF architectures: hf:llama, hf:llama-dynamic, hf:mistral"):
         resolve_target("hf:gpt2")
 
 

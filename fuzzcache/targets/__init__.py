@@ -97,5 +97,5 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
     raise UnknownTarget(
         f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
         "mutant:<name> (see `fuzzcache list`), an entry point in the group 'fuzzcache.targets', "
-        "hf:<arch> (llama, mistral, qwen2, phi), or package.module:attr"
+        "hf:<arch> (llama, llama-dynamic, mistral, qwen2, phi), or package.module:attr"
     )

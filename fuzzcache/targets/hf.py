@@ -1,4 +1,4 @@
-"""HF transformers as a target: ``hf:<arch>`` (llama, mistral, qwen2, phi) on a tiny seeded model.
+"""HF transformers as a target: ``hf:<arch>`` (llama, llama-dynamic, mistral, qwen2, phi) on a tiny seeded model.
 
 ``generate`` maps the EngineConfig onto real transformers machinery, one path per call:
 
@@ -18,7 +18,7 @@ one request             ``generate`` with a DynamicCache, ``prefill_chunk_size``
 ======================  ===========================================================================
 
 ``generate_via(path, ...)`` forces a path (``static``: one request at a time with a StaticCache),
-for the metamorphic hf.same.* properties between transformers' own paths.
+for the metamorphic paths.* properties between transformers' own paths.
 
 Not expressible, and documented rather than faked: arrivals outside continuous batching (the
 batch APIs take every request at once); chunk_size inside continuous batching (it splits
@@ -89,8 +89,18 @@ class HFTarget:
 
     # ---- the contract -------------------------------------------------------------------------
 
+    def _fresh_rotary(self) -> None:
+        """Stateful RoPE (dynamic) keeps the frequencies of the longest forward so far; every call
+        starts from the short-length ones, as in a fresh process, so a call never depends on the last."""
+        from fuzzcache.surgery.rotary import STATEFUL, reset_rotary
+
+        for model in (self.model, self.cb_model, self._draft):
+            if model is not None and model.model.rotary_emb.rope_type in STATEFUL:
+                reset_rotary(model)
+
     @torch.no_grad()
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        self._fresh_rotary()
         ids = torch.tensor([list(tokens)], device=self.device)
         return self.model(ids, use_cache=False).logits[0].float().cpu()  # (T, V)
 
@@ -98,10 +108,11 @@ class HFTarget:
         return self.generate_via(self.path_for(requests, config), requests, config)
 
     def generate_via(self, path: str, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
-        """``generate`` forced down one of PATHS (the hf.same.* properties compare two)."""
+        """``generate`` forced down one of PATHS (the paths.* properties compare two)."""
         if path not in PATHS:
             raise ValueError(f"unknown transformers path {path!r}; known: {', '.join(PATHS)}")
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        self._fresh_rotary()
         self.last_path = path
         self.last_stats = {}
         live = [r for r in requests if r.max_new_tokens > 0]
@@ -190,7 +201,7 @@ class HFTarget:
 
     @property
     def surgery_architectures(self) -> tuple[str, ...]:
-        return (self.arch,)
+        return (self.arch.removesuffix("-dynamic"),)  # the surgery properties draw RoPE types themselves
 
     @property
     def draft_model(self):

@@ -14,6 +14,7 @@ import torch
 VOCAB_SIZE = 64
 MAX_SEQ_LEN = 64
 INIT_RANGE = 0.4
+DYNAMIC_ORIGINAL_MAX = 16  # hf:llama-dynamic's original length; sequences run to MAX_SEQ_LEN past it
 COMMON = dict(
     vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_SEQ_LEN,
@@ -32,6 +33,15 @@ def _llama(overrides: dict):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return LlamaForCausalLM(LlamaConfig(**{**COMMON, **overrides}))
+
+
+def _llama_dynamic(overrides: dict):
+    """Dynamic NTK RoPE from 16 positions: cache-inconsistent by design past them (transformers
+    rescales the frequencies for the longest forward so far, while cached keys keep the old)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rope = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    return LlamaForCausalLM(LlamaConfig(**{**COMMON, "max_position_embeddings": DYNAMIC_ORIGINAL_MAX, "rope_parameters": rope, **overrides}))
 
 
 def _mistral(overrides: dict):
@@ -56,6 +66,7 @@ ARCHITECTURES = {
     a.name: a
     for a in (
         Architecture("llama", "GQA (4 query heads, 2 KV heads), RoPE", _llama),
+        Architecture("llama-dynamic", "dynamic NTK RoPE from 16 positions (cache-inconsistent past them by design)", _llama_dynamic),
         Architecture("mistral", "sliding window of 8 tokens (prompts reach 40)", _mistral),
         Architecture("qwen2", "QKV bias, GQA, RoPE", _qwen2),
         Architecture("phi", "partial rotary (half of each head rotates), parallel attention/MLP", _phi),
