@@ -10,6 +10,7 @@ import click
 import torch
 from hypothesis import settings as Settings
 from rich.console import Console
+from rich.markup import escape
 
 from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
 from fuzzcache.corpus import CorpusError, iter_files, load
@@ -183,7 +184,7 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         equal = {True: "yes", False: "no", None: "-"}[score.equals_documented]
         table.add_row(spec, score.fixed_checks, "killed" if score.fuzz_killed else "survived", score.killed_by or "-",
                       f"{score.seconds_to_kill:.1f}" if score.seconds_to_kill is not None else "-", str(score.examples_to_kill or "-"),
-                      score.repro.split(": ", 1)[-1] if score.repro else "-", equal)
+                      escape(score.repro.split(": ", 1)[-1]) if score.repro else "-", equal)  # "[prompt=2 new=1]" is not markup
         console.print(f"{spec}: {'killed by ' + score.killed_by if score.fuzz_killed else 'survived'} ({score.seconds_total:.0f}s)", markup=False, highlight=False)
     total = time.monotonic() - started
     console.print(table)
