@@ -38,10 +38,11 @@ class MutantScore:
 
 
 def property_order() -> list[Property]:
-    """Cheap op-level properties first, then the (cheap) surgery ones, engine-level ones, the sampling test last."""
+    """Cheap op-level properties first, then the (cheap) surgery ones, engine-level ones, a
+    multi-path target's own paths, the sampling test last."""
     props = list(PROPERTIES.values())
     slow = [p for p in props if p.example_scale < 1]
-    return [p for level in ("op", "surgery", "engine") for p in props if p.level == level and p not in slow] + slow
+    return [p for level in ("op", "surgery", "engine", "paths") for p in props if p.level == level and p not in slow] + slow
 
 
 def fixed_checks(target) -> str:

@@ -46,13 +46,24 @@ def min_pool_blocks(requests: tuple[Request, ...], config: EngineConfig) -> int:
 
 
 FOCUS = ("prefix_cache", "chunked", "speculative", "interleave", "pool")
+FOCUS_FEATURE = {"prefix_cache": "prefix_cache", "chunked": "chunked_prefill", "speculative": "speculative", "interleave": "interleave", "pool": "paged"}
+
+
+def usable_features(draw, features: frozenset[str], exclusive: frozenset[str], focus: str | None) -> frozenset[str]:
+    """The features one config may use: an exclusive feature (one the target cannot combine with
+    the others, e.g. transformers' assisted generation) is used alone or not at all."""
+    for feature in sorted(exclusive & features):
+        alone = FOCUS_FEATURE.get(focus) == feature or (focus is None and draw(st.booleans()))
+        features = frozenset({feature, "batching"} & features) if alone else features - {feature}
+    return features
 
 
 @st.composite
-def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...], block_size: int, focus: str | None = None) -> EngineConfig:
+def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...], block_size: int, focus: str | None = None, exclusive: frozenset[str] = frozenset()) -> EngineConfig:
     """An EngineConfig varying only the fields whose feature the target declares; pools go down
     to the contract's minimum to force eviction and preemption. ``focus`` (one of FOCUS)
     keeps one path always on, for a property about that path."""
+    features = usable_features(draw, features, exclusive, focus)
     tight_pool = focus == "pool"
     fields: dict = {}
     if "paged" in features:
@@ -79,9 +90,20 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
 
 
 @st.composite
-def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None, min_block_size: int = 1) -> TraceScenario:
+def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None,
+                    min_block_size: int = 1, exclusive: frozenset[str] = frozenset()) -> TraceScenario:
     """A request trace plus a config over the target's features; with ``focus``, at least two
     requests (with a shared prefix) and that path always on."""
     block_size = draw(block_sizes(min_size=min_block_size)) if "paged" in features else EngineConfig().block_size
     requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1))
-    return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus)))
+    return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, exclusive)))
+
+
+def target_trace_scenarios(target, focus: str | None = None, features: frozenset[str] | None = None) -> st.SearchStrategy[TraceScenario]:
+    """trace_scenarios over what ``target`` declares: its features (or ``features``), and the
+    optional ``min_block_size`` (smallest block it runs) and ``exclusive_features`` (features a
+    config must use alone)."""
+    return trace_scenarios(
+        frozenset(target.features) if features is None else features, target.vocab_size, target.max_seq_len, focus,
+        getattr(target, "min_block_size", 1), frozenset(getattr(target, "exclusive_features", ())),
+    )

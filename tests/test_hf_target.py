@@ -16,6 +16,7 @@ from fuzzcache import EngineConfig, Request
 from fuzzcache.corpus import load
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import run_property
+from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import UnknownTarget, resolve_target
 from fuzzcache.targets.hf import PATHS, HFTarget
 
@@ -59,17 +60,43 @@ def test_every_path_equals_the_oracle(hf, path):
     assert [c.rid for c in out] == [r.rid for r in TRACE]
     for req, comp in zip(TRACE, out):
         assert comp.tokens == greedy(hf, req.prompt, req.max_new_tokens), (path, req.rid)
-        if comp.logits is not None:
-            assert tuple(comp.logits.shape) == (req.max_new_tokens, hf.vocab_size)
+        assert comp.logits is not None and tuple(comp.logits.shape) == (req.max_new_tokens, hf.vocab_size)
+        if comp.tokens:
+            oracle = hf.reference_logits(list(req.prompt) + comp.tokens)[len(req.prompt) - 1 : -1]  # (n, V)
+            assert (comp.logits - oracle).abs().max() < 1e-4, (path, req.rid)
 
 
-def test_routing_follows_the_config():
-    path = HFTarget.path_for
+def test_routing_follows_the_config_and_says_what_it_cannot_express():
+    path, ignored = HFTarget.path_for, HFTarget.ignored_fields
     assert path(TRACE[:1], EngineConfig()) == "single"
     assert path(TRACE[2:], EngineConfig(chunk_size=2)) == "batched"
     assert path(TRACE, EngineConfig()) == "continuous"  # request 1 arrives at step 1
+    assert path(TRACE, EngineConfig(chunk_size=2)) == "batched"  # a chunk size only generate honours
+    assert ignored("batched", TRACE, EngineConfig(chunk_size=2)) == ("arrival",)
     assert path(TRACE[2:], EngineConfig(num_blocks=4)) == "continuous"
+    assert ignored("continuous", TRACE, EngineConfig(num_blocks=9, chunk_size=2)) == ("chunk_size",)
     assert path(TRACE, EngineConfig(spec_k=1)) == "speculative"
+    assert ignored("speculative", TRACE, EngineConfig(spec_k=1, prefix_cache=True)) == ("arrival", "prefix_cache")
+
+
+def test_speculative_configs_come_alone():
+    """exclusive_features: the strategy never pairs drafts with what assisted generation ignores."""
+    from hypothesis import given
+
+    from strategies.engine import target_trace_scenarios
+
+    target, seen = resolve_target("hf:llama"), set()
+
+    @given(target_trace_scenarios(target))
+    @settings(max_examples=150, database=None, derandomize=True)
+    def drafts_alone(s):
+        c = s.config
+        seen.add(c.spec_k > 0)
+        if c.spec_k:
+            assert c.num_blocks is None and c.max_batch_tokens is None and not c.prefix_cache and c.chunk_size is None
+
+    drafts_alone()
+    assert seen == {True, False}
 
 
 def test_continuous_batching_reuses_prefixes_and_preempts():
@@ -93,6 +120,50 @@ def test_dynamic_rope_target_does_not_depend_on_earlier_calls():
     target.generate([Request(0, tuple(range(1, 30)), 8)], EngineConfig())
     assert torch.equal(target.generate(short, EngineConfig())[0].logits, before)
     assert torch.equal(target.reference_logits([1, 2, 3]), resolve_target("hf:llama-dynamic").reference_logits([1, 2, 3]))
+
+
+def test_dynamic_rope_divergence_is_classified_by_design_not_reported():
+    target = resolve_target("hf:llama-dynamic")
+    long, short = (Request(0, tuple(range(1, 11)), 7),), (Request(0, tuple(range(1, 11)), 6),)
+    assert target.divergence_by_design(long) == "dynamic RoPE past its original 16 positions"
+    assert target.divergence_by_design(short) is None and resolve_target("hf:llama").divergence_by_design(long) is None
+    padded = (Request(0, (1,), 8), Request(1, tuple(range(1, 11)), 1))  # batched: 10 + 8 positions
+    assert target.divergence_by_design(padded) is not None
+    PROPERTIES["paths.batched"].check(target, TraceScenario(padded, EngineConfig()))
+    scenario = TraceScenario(long, EngineConfig())
+    out = target.generate(long, EngineConfig())[0]
+    oracle = target.reference_logits(list(long[0].prompt) + out.tokens)[9:-1]
+    assert (out.logits - oracle).abs().max() > 1e-2  # it does diverge ...
+    PROPERTIES["engine.trace"].check(target, scenario)  # ... and the property does not call that a bug
+
+
+def test_a_failing_engine_step_is_an_engine_error_and_no_progress_a_timeout():
+    from fuzzcache.contract import EngineError
+    from fuzzcache.targets.hf_continuous import SteppedResult
+
+    target = resolve_target("hf:llama")
+    config = EngineConfig(block_size=4, num_blocks=8)
+    hook = target.cb_model.model.register_forward_pre_hook(lambda *_: (_ for _ in ()).throw(RuntimeError("kernel failed")))
+    try:
+        with pytest.raises(EngineError, match=r"continuous batching step 0 failed, failing the 2 unfinished request\(s\): RuntimeError: kernel failed"):
+            target.generate(TRACE[:2], config)
+    finally:
+        hook.remove()
+    target.generate(TRACE[:2], config)  # the model is fine again
+    from fuzzcache.targets import hf_continuous
+    from fuzzcache.targets.hf import quiet_transformers
+
+    with pytest.raises(TimeoutError, match="no progress: 1 request"), quiet_transformers():
+        hf_continuous.stepped_generate(target.cb_model, target._generation_config(eos_token_id=-1),
+                                       _cb_config(), TRACE[:1], max_steps=2)
+    assert SteppedResult(tokens=[1, 2], logit_rows=[torch.zeros(64)]).logits() is None  # rows and tokens must pair up
+
+
+def _cb_config():
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    return ContinuousBatchingConfig(page_size=4, num_blocks=8, max_batch_tokens=64, use_async_batching=False, use_cuda_graph=False,
+                                    max_blocks_per_request=0, auto_switch_to_flash=False, cpu_offload_space=0.0)
 
 
 def test_small_pages_are_refused_naming_the_field():
@@ -131,7 +202,10 @@ def test_planted_bug_in_a_transformers_path_is_caught_and_shrunk(planted, proper
     spec = f"fuzzcache.targets.hf_planted:{planted}"
     run = run_property(PROPERTIES[property_id], resolve_target(spec), spec, FIND, tmp_path)
     assert len(run.found) == 1 and run.found[0].kind == "mismatch", run.found
-    assert run.examples > run.examples_to_find, "not shrunk"
+    shrunk = run.found[0].scenario
+    # the bug needs one rejected draft after one accepted token: the shrinker gets down to 1-token
+    # prompts, one draft per step and at most 2 new tokens per request
+    assert shrunk.config.spec_k == 1 and all(len(r.prompt) == 1 and r.max_new_tokens <= 2 for r in shrunk.requests), shrunk.short()
     record = json.loads(run.found[0].path.read_text())
     print(f"{planted} / {property_id}: found after {run.examples_to_find} examples; repro {run.found[0].scenario.short()}")
     assert record["target"] == spec

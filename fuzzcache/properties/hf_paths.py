@@ -8,7 +8,7 @@ from __future__ import annotations
 from fuzzcache.properties.engine_level import assert_same_outputs, run_generate
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.scenario import TraceScenario
-from strategies.engine import trace_scenarios
+from strategies.engine import target_trace_scenarios
 
 
 def check_paths(path_a: str, path_b: str):
@@ -22,7 +22,7 @@ def check_paths(path_a: str, path_b: str):
 def _paths(pid: str, description: str, path_a: str, path_b: str, features: set[str], focus: str | None = None) -> None:
     register(Property(
         id=pid, level="paths", description=description, scenario_type=TraceScenario,
-        strategy=lambda t: trace_scenarios(frozenset(t.features) & features, t.vocab_size, t.max_seq_len, focus, getattr(t, "min_block_size", 1)),
+        strategy=lambda t: target_trace_scenarios(t, focus, frozenset(t.features) & features),
         check=check_paths(path_a, path_b),
     ))
 

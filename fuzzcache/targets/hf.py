@@ -31,6 +31,8 @@ batching.
 from __future__ import annotations
 
 import copy
+import logging
+from contextlib import contextmanager
 from typing import Sequence
 
 import torch
@@ -50,10 +52,27 @@ def require_transformers() -> None:
     from fuzzcache.targets import UnknownTarget
 
     try:
-        import transformers
+        import transformers  # noqa: F401
     except ImportError as exc:
         raise UnknownTarget("hf:<arch> targets need transformers: pip install 'fuzzcache[hf]'") from exc
-    transformers.logging.set_verbosity_error()  # deprecation and "no EOS" notices on every call
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' deprecation, "no EOS" and continuous-batching notices (psutil, flash
+    attention) silenced for one call, and the caller's logging levels restored after."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    cb_logger = logging.getLogger("ContinuousBatchingLogger")
+    cb_level = cb_logger.level
+    transformers.logging.set_verbosity_error()
+    cb_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        cb_logger.setLevel(cb_level)
 
 
 class HFTarget:
@@ -63,6 +82,7 @@ class HFTarget:
 
     features = FEATURES
     min_block_size = MIN_PAGE_SIZE  # strategies draw block sizes from here up
+    exclusive_features = frozenset({"speculative"})  # assisted generation runs without the paged engine: drafts come alone
 
     def __init__(self, arch: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu", name: str | None = None, cache_class=None):
         require_transformers()
@@ -85,6 +105,7 @@ class HFTarget:
         self.cb_model = copy.deepcopy(self.model)  # continuous batching switches its attention implementation
         self._draft = None
         self.last_path = ""
+        self.last_ignored: tuple[str, ...] = ()  # what the latest path could not express; note_paths reports it
         self.last_stats: dict[str, int] = {}
 
     # ---- the contract -------------------------------------------------------------------------
@@ -109,11 +130,15 @@ class HFTarget:
 
     def generate_via(self, path: str, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         """``generate`` forced down one of PATHS (the paths.* properties compare two)."""
+        with quiet_transformers():
+            return self._generate_via(path, requests, config)
+
+    def _generate_via(self, path: str, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         if path not in PATHS:
             raise ValueError(f"unknown transformers path {path!r}; known: {', '.join(PATHS)}")
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
-        self._fresh_rotary()
         self.last_path = path
+        self.last_ignored = self.ignored_fields(path, requests, config)
         self.last_stats = {}
         live = [r for r in requests if r.max_new_tokens > 0]
         done = {r.rid: Completion(r.rid, [], torch.zeros(0, self.vocab_size)) for r in requests if r.max_new_tokens == 0}
@@ -130,14 +155,39 @@ class HFTarget:
                 done |= self._padded_batch(live[start : start + config.max_num_seqs], config)
         return [done[r.rid] for r in requests]
 
+    def divergence_by_design(self, requests: Sequence[Request]) -> str | None:
+        """Why any divergence on this trace is expected by design, or None: dynamic RoPE rescales its
+        frequencies once a forward passes the original length, so cached keys and a full forward
+        disagree on any trace that runs past it. A left-padded batch runs to its longest prompt plus
+        its most new tokens, so that is the length that counts."""
+        rope = self.model.config.rope_parameters or {}
+        original = self.model.config.max_position_embeddings
+        longest = max(len(r.prompt) for r in requests) + max(r.max_new_tokens for r in requests)
+        if rope.get("rope_type") == "dynamic" and longest > original:
+            return f"dynamic RoPE past its original {original} positions"
+        return None
+
     @staticmethod
     def path_for(requests: Sequence[Request], config: EngineConfig) -> str:
         """Which transformers path ``generate`` takes for this trace and config."""
         if config.spec_k > 0:
             return "speculative"
-        if config.num_blocks is not None or config.max_batch_tokens is not None or config.prefix_cache or any(r.arrival for r in requests):
+        if config.num_blocks is not None or config.max_batch_tokens is not None or config.prefix_cache:
             return "continuous"
+        if config.chunk_size is None and any(r.arrival for r in requests):
+            return "continuous"  # arrivals are exact there; a chunk size is honoured only by generate
         return "batched" if len(requests) > 1 else "single"
+
+    @staticmethod
+    def ignored_fields(path: str, requests: Sequence[Request], config: EngineConfig) -> tuple[str, ...]:
+        """The parts of the trace and config ``path`` cannot express (see the module docstring)."""
+        asked = {
+            "arrival": any(r.arrival for r in requests), "chunk_size": config.chunk_size is not None,
+            "num_blocks": config.num_blocks is not None, "max_batch_tokens": config.max_batch_tokens is not None,
+            "prefix_cache": config.prefix_cache,
+        }
+        honoured = {"continuous": {"arrival", "num_blocks", "max_batch_tokens", "prefix_cache"}, "speculative": set()}.get(path, {"chunk_size"})
+        return tuple(field for field, used in asked.items() if used and field not in honoured)
 
     # ---- the paths ----------------------------------------------------------------------------
 
@@ -154,6 +204,7 @@ class HFTarget:
 
         if not requests:
             return {}
+        self._fresh_rotary()
         width = max(len(r.prompt) for r in requests)
         ids = torch.tensor([[PAD] * (width - len(r.prompt)) + list(r.prompt) for r in requests], device=self.device)  # (B, T)
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests], device=self.device)  # (B, T)
@@ -182,6 +233,7 @@ class HFTarget:
             assistant.generation_config.assistant_confidence_threshold = 0.0  # propose exactly k, every step
             draft_fields = dict(num_assistant_tokens=config.spec_k, num_assistant_tokens_schedule="constant")
         counter = _DraftCounter(self.model)
+        self._fresh_rotary()
         ids = torch.tensor([list(request.prompt)], device=self.device)
         with counter:
             out = self.model.generate(
@@ -226,6 +278,7 @@ class HFTarget:
             cpu_offload_space=CPU_OFFLOAD_GIB,
         )
         max_steps = 4 * total + max((r.arrival for r in requests), default=0) + 16
+        self._fresh_rotary()
         run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps)
         self.last_stats = {"steps": run.steps, "preemptions": sum(r.preemptions for r in run.results.values())}
         return {

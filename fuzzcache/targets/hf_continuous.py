@@ -12,15 +12,13 @@ processor's ``_generation_step``, the two calls its own loop makes (transformers
 
 from __future__ import annotations
 
-import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
 from fuzzcache.contract import EngineError, Request
-
-logging.getLogger("ContinuousBatchingLogger").setLevel(logging.CRITICAL)  # psutil and flash-attention notices
 
 
 @dataclass
@@ -62,13 +60,14 @@ def stepped_generate(model, generation_config, cb_config, requests: Sequence[Req
         while pending and pending[0].arrival <= step:
             r = pending.pop(0)
             manager.add_request(list(r.prompt), request_id=str(r.rid), max_new_tokens=r.max_new_tokens)
-        try:
-            if processor.prepare_next_batch():
+        with _engine_step(step, waiting):
+            scheduled = processor.prepare_next_batch()
+            if scheduled:
                 processor._generation_step(model)
-                _assign_scores(processor, scores.pop(), run)
+        if scheduled:
+            _assign_scores(processor, scores.pop(), run)  # fuzzcache's bookkeeping: its own bugs are crashes
+            with _engine_step(step, waiting):
                 processor.update_batch()
-        except Exception as exc:  # the engine's own loop fails every remaining request on this
-            raise EngineError(f"continuous batching step {step} failed, failing the {waiting} unfinished request(s): {type(exc).__name__}: {exc}") from exc
         while not manager.output_router.output_queue.empty():
             out = manager.output_router.output_queue.get()
             if out.error is not None:
@@ -78,6 +77,16 @@ def stepped_generate(model, generation_config, cb_config, requests: Sequence[Req
         step += 1
     run.steps = step
     return run
+
+
+@contextmanager
+def _engine_step(step: int, waiting: int):
+    """An exception inside the engine's step is what its own loop turns into failing every
+    remaining request: an EngineError."""
+    try:
+        yield
+    except Exception as exc:
+        raise EngineError(f"continuous batching step {step} failed, failing the {waiting} unfinished request(s): {type(exc).__name__}: {exc}") from exc
 
 
 def _capture_scores(processor) -> list:
