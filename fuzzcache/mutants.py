@@ -414,28 +414,30 @@ def rope_shift_fp32_angles(keys, delta, info, first_position=0):
     from fuzzcache.surgery.rotary import check_positions, rotate_half
 
     check_positions(info, first_position, keys.shape[-2], delta)
-    freqs = delta * info.inv_freq.float()
-    cos, sin = torch.cat((freqs, freqs)).cos(), torch.cat((freqs, freqs)).sin()
-    rot, rest = keys[..., : info.rotary_dim], keys[..., info.rotary_dim :]
-    return torch.cat(((rot * cos.to(rot.dtype) + rotate_half(rot) * sin.to(rot.dtype)).to(keys.dtype), rest), dim=-1)
+    freqs = delta * info.inv_freq.float()  # (R // 2,) float32
+    angles = torch.cat((freqs, freqs))  # (R,)
+    cos, sin = angles.cos().to(keys.dtype), angles.sin().to(keys.dtype)  # (R,) each
+    rot, rest = keys[..., : info.rotary_dim], keys[..., info.rotary_dim :]  # (B, H, T, R), (B, H, T, D - R)
+    return torch.cat((rot * cos + rotate_half(rot) * sin, rest), dim=-1)  # (B, H, T, D)
 
 
-def correct_positions_rotating_bos(cache, delta, info, keep_bos=True, first_position=None):
+def correct_positions_rotating_bos(cache, delta, info, keep_bos=True, first_position=None, shift=None):
     from fuzzcache.surgery.cache_ops import correct_positions
+    from fuzzcache.surgery.rotary import rope_shift
 
     first = (1 if keep_bos else 0) if first_position is None else first_position
-    return correct_positions(cache, delta, info, keep_bos=False, first_position=first)  # BOS rotated with the rest
+    return correct_positions(cache, delta, info, keep_bos=False, first_position=first, shift=shift or rope_shift)  # BOS rotated with the rest
 
 
-def keep_document_off_by_one(model, cache, prefix_len, keep_bos=True, info=None):
+def keep_document_off_by_one(model, cache, prefix_len, keep_bos=True, info=None, correct=None):
     """With BOS kept, shifts by -prefix_len: the document lands one position too early (at 0, on top of BOS)."""
     from fuzzcache.surgery.cache_ops import correct_positions, layers_of, truncate
     from fuzzcache.surgery.rotary import rope_info
 
-    info = info or rope_info(model)
+    info, correct = info or rope_info(model), correct or correct_positions
     length = layers_of(cache)[0][0].shape[-2]
     kept = truncate(cache, prefix_len, length, keep_bos)
-    return correct_positions(kept, -prefix_len, info, keep_bos, first_position=prefix_len), int(keep_bos) + length - prefix_len
+    return correct(kept, -prefix_len, info, keep_bos, first_position=prefix_len), int(keep_bos) + length - prefix_len
 
 
 def score_nll_own_rows(model, cache, prompt, answer):
@@ -447,7 +449,8 @@ def score_nll_own_rows(model, cache, prompt, answer):
     past = copy.deepcopy(cache)
     start, ids = past.get_seq_length(), list(prompt) + list(answer)
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(start, start + len(ids))[None], past_key_values=past).logits[0].float()
+        logits = model(input_ids=torch.tensor([ids]), position_ids=torch.arange(start, start + len(ids))[None],
+                       past_key_values=past).logits[0].float()  # (P + A, V)
     return answer_nll(logits, len(prompt) + 1, answer)
 
 
@@ -457,7 +460,8 @@ def suffix_cache_from_position_1(model, passage, query):
 
     ids = list(passage) + list(query)
     with torch.no_grad():
-        return model(input_ids=torch.tensor([ids]), position_ids=torch.arange(1, len(ids) + 1)[None], past_key_values=DynamicCache(), use_cache=True).past_key_values
+        return model(input_ids=torch.tensor([ids]), position_ids=torch.arange(1, len(ids) + 1)[None],
+                     past_key_values=DynamicCache(), use_cache=True).past_key_values
 
 
 def split_text_unchecked(tok, prefix, doc):

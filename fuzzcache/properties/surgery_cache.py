@@ -2,8 +2,9 @@
 
 surgery.document -- build prefix + document, keep the document (BOS kept or not) at corrected
                     positions: its length is the bare document's, layer-0 keys and values and the
-                    BOS entries equal the bare document cache's, and deeper layers differ (the prefix
-                    primed them) (seed 6, 7, 8, 9)
+                    BOS entries equal the bare document cache's, every layer's values are the
+                    prefix + document cache's own, and in fp32 deeper layers differ from the bare
+                    cache (the prefix primed them) (seed 6, 7, 8, 9)
 surgery.suffix   -- the passage part of a passage + query cache equals the bare passage cache
                     (causal invariance), and building a cache twice is bit-identical (seed 11)
 surgery.nll      -- an answer's NLL scored with a (possibly truncated) context cache equals the NLL
@@ -13,6 +14,7 @@ surgery.nll      -- an answer's NLL scored with a (possibly truncated) context c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from hypothesis import strategies as st
@@ -20,7 +22,8 @@ from hypothesis import strategies as st
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, mismatch
 from fuzzcache.properties.registry import Property, register
-from fuzzcache.properties.surgery_support import CACHE_REL_TOL, NLL_TOL, assert_rel_close, by_design, relative_error, surgery_of, tokens_of
+from fuzzcache.properties.surgery_support import (CACHE_REL_TOL, NLL_TOL, assert_rel_close, by_design, relative_error, surgery_of, tokens_of,
+                                                  unless_refused)
 from fuzzcache.surgery.models import SurgeryModel
 from strategies.surgery import archs_of, surgery_models, token_seqs
 
@@ -45,22 +48,18 @@ class DocumentScenario:
 
 def check_document(target, s: DocumentScenario) -> None:
     from fuzzcache.surgery.cache_ops import layers_of
-    from fuzzcache.surgery.rotary import RopeShiftError
 
     ops, model = surgery_of(target), s.model.load()
     info = ops.rope_info(model)
     head = [BOS_ID] if s.keep_bos else []
     full, bare_ids = head + list(s.prefix) + list(s.doc), head + list(s.doc)
     _, cache = ops.build_cache(model, full)
-    try:
-        kept, n = ops.keep_document(model, cache, len(head) + len(s.prefix), s.keep_bos, info=info)
-    except RopeShiftError:
-        if not _past_limit(info, len(full)):
-            raise
-        by_design(f"{info.rope_type} document past its original max length")
+    correct = partial(ops.correct_positions, shift=ops.rope_shift)  # the target's own correction and shift
+    kept = unless_refused(info, len(full) - 1, f"{info.rope_type} document past its original max length",
+                          lambda: ops.keep_document(model, cache, len(head) + len(s.prefix), s.keep_bos, info=info, correct=correct))
+    if kept is None:
         return
-    if _past_limit(info, len(full)):
-        raise mismatch(f"{info.rope_type} RoPE: keeping a document of a {len(full)}-token cache was not flagged as cache-inconsistent")
+    kept, n = kept
     _, bare = ops.build_cache(model, bare_ids)
     got, want = layers_of(kept), layers_of(bare)
     if n != len(bare_ids) or got[0][0].shape[-2] != len(bare_ids):
@@ -74,6 +73,10 @@ def check_document(target, s: DocumentScenario) -> None:
             assert_rel_close(f"layer {i} BOS value", v[:, :, :1], wv[:, :, :1], tol, layer=i)
     lead = len(head)
     first = lead + len(s.prefix)  # the first document token; it sees the prefix from layer 0 on
+    for i, ((_, v), (_, fv)) in enumerate(zip(got, layers_of(cache))):  # (B, H, T, D) each
+        if not v[:, :, lead:].equal(fv[:, :, first:]):  # values are cut, never moved: bit for bit in every dtype
+            raise mismatch(f"layer {i}: the kept document values are not the prefix + document cache's own "
+                           f"(max abs diff {relative_error(v[:, :, lead:], fv[:, :, first:]):.3g} x max|expected|)", layer=i)
     window = getattr(model.config, "sliding_window", None) or first + 1
     if not set(full[max(0, first - window + 1) : first]) - set(bare_ids[: lead + 1]):
         # layer-0 values depend on the token only: a prefix of tokens the bare document's first token
@@ -81,10 +84,16 @@ def check_document(target, s: DocumentScenario) -> None:
         # (phi, prefix=[BOS id], doc=[0]); priming is asserted when the prefix shows a new token
         reached("document: prefix adds no new token in view, priming not asserted")
         return
+    if s.model.dtype != "fp32":
+        # in fp16 / bf16 real priming can be below the rounding noise of deeper layers (phi/bf16, prefix
+        # (0, 7), doc (7,): 1.6e-2 against a 3.2e-2 layer-0 bound); no bound there is sound, so priming is
+        # asserted in fp32 only (the values check above still ties every dtype to the prefix cache)
+        reached(f"document: priming not asserted in {s.model.dtype}")
+        return
     primed_k = max(relative_error(k[:, :, lead:], wk[:, :, lead:]) for (k, _), (wk, _) in zip(got[1:], want[1:]))
     primed_v = max(relative_error(v[:, :, lead:], wv[:, :, lead:]) for (_, v), (_, wv) in zip(got[1:], want[1:]))
     if min(primed_k, primed_v) <= tol:
-        raise mismatch(f"deeper layers equal the bare cache (keys {primed_k:.3g}, values {primed_v:.3g} <= {tol:g}): the prefix left no trace")
+        raise mismatch(f"deeper layers within {tol:g} of the bare cache (keys {primed_k:.3g}, values {primed_v:.3g}): the prefix left no trace")
     reached(f"document rope {info.rope_type}")
 
 

@@ -16,21 +16,9 @@ from hypothesis import strategies as st
 from fuzzcache.coverage import reached
 from fuzzcache.findings import mismatch
 from fuzzcache.properties.registry import Property, register
-from fuzzcache.properties.surgery_support import CACHE_REL_TOL, SHIFT_REL_TOL, TORCH_DTYPES, assert_rel_close, by_design, seeded, surgery_of
+from fuzzcache.properties.surgery_support import CACHE_REL_TOL, SHIFT_REL_TOL, TORCH_DTYPES, assert_rel_close, seeded, surgery_of, unless_refused
 from fuzzcache.surgery.models import ROPE_TYPES, SurgeryModel
 from strategies.surgery import MAX_POSITION, archs_of, position_and_shift, surgery_models
-
-
-def _expect_refusal(what: str, call) -> bool:
-    """True (and an event) when ``call`` raises RopeShiftError: a stateful RoPE past its limit."""
-    from fuzzcache.surgery.rotary import RopeShiftError
-
-    try:
-        call()
-    except RopeShiftError:
-        by_design(what)
-        return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -53,13 +41,10 @@ def check_rope_model(target, s: RopeScenario) -> None:
     x = seeded((1, 2, 1, info.head_dim), TORCH_DTYPES[s.model.dtype])  # (B, H, T, D), pre-RoPE key
     reset_rotary(model)
     at_p, at_q = model_rotary(model, x, [p]), model_rotary(model, x, [q])  # (1, 2, 1, D) each
-    limit = info.consistent_below
-    if limit is not None and max(p, q) >= limit:
-        if not _expect_refusal(f"{info.rope_type} shift reaching its original max length", lambda: ops.rope_shift(at_p, s.delta, info, p)):
-            raise mismatch(f"{info.rope_type} RoPE: a shift to position {max(p, q)} >= {limit} was not flagged as cache-inconsistent")
+    got = unless_refused(info, max(p, q), f"{info.rope_type} shift reaching its original max length", lambda: ops.rope_shift(at_p, s.delta, info, p))
+    if got is None:
         return
     reached(f"rope {s.model.rope}")
-    got = ops.rope_shift(at_p, s.delta, info, p)
     assert_rel_close(f"key rotated at {p} and shifted by {s.delta} vs the model's rotary at {q}", got, at_q, CACHE_REL_TOL[s.model.dtype])
 
 
@@ -92,7 +77,9 @@ def check_rope_compose(target, s: ComposeScenario) -> None:
     info = ops.rope_info(SurgeryModel(s.arch, s.rope).load())
     keys = seeded((1, 2, 3, info.head_dim), TORCH_DTYPES[s.dtype])  # (B, H, T, D), cached at p..p+2
     p, a, b, tol = s.position, s.a, s.b, SHIFT_REL_TOL[s.dtype]
-    if _expect_refusal("stateful shift past its limit", lambda: (ops.rope_shift(keys, a, info, p), ops.rope_shift(keys, a + b, info, p), ops.rope_shift(keys, 0, info, p + a))):
+    highest = max(p, p + a, p + a + b) + keys.shape[-2] - 1
+    if unless_refused(info, highest, "stateful shift past its limit",
+                      lambda: (ops.rope_shift(keys, a, info, p), ops.rope_shift(keys, a + b, info, p), ops.rope_shift(keys, 0, info, p + a))) is None:
         return
     same = ops.rope_shift(keys, 0, info, p)
     if not same.equal(keys):
@@ -138,13 +125,18 @@ def check_rope_bos(target, s: BosScenario) -> None:
     model = s.model.load()
     info = ops.rope_info(model)
     dtype, lead = TORCH_DTYPES[s.model.dtype], int(s.keep_bos)
-    layers = [(seeded((1, 1, lead + s.length, info.head_dim), dtype, 2 * i), seeded((1, 1, lead + s.length, info.head_dim), dtype, 2 * i + 1)) for i in range(2)]
-    if _expect_refusal("stateful position correction past its limit", lambda: ops.rope_shift(layers[0][0][:, :, lead:], s.delta, info, s.first)):
+    shape = (1, 1, lead + s.length, info.head_dim)  # (B, H, T, D)
+    layers = [(seeded(shape, dtype, 2 * i), seeded(shape, dtype, 2 * i + 1)) for i in range(2)]
+    highest = max(s.first, s.first + s.delta) + s.length - 1 if s.length else -1  # -1: no key moves
+    if unless_refused(info, highest, "stateful position correction past its limit",
+                      lambda: ops.rope_shift(layers[0][0][:, :, lead:], s.delta, info, s.first)) is None:
         return
-    out = layers_of(ops.correct_positions(from_layers(layers), s.delta, info, s.keep_bos, first_position=s.first))
+    # correct_positions with the target's own shift: this checks the correction, rope.model checks the shift
+    out = layers_of(ops.correct_positions(from_layers(layers), s.delta, info, s.keep_bos, first_position=s.first, shift=ops.rope_shift))
     for i, ((k, v), (k2, v2)) in enumerate(zip(layers, out)):
         if s.keep_bos and not k2[:, :, :1].equal(k[:, :, :1]):
-            raise mismatch(f"layer {i}: the kept BOS key changed (max abs diff {float((k2[:, :, :1].double() - k[:, :, :1].double()).abs().max()):.3g})", layer=i)
+            diff = float((k2[:, :, :1].double() - k[:, :, :1].double()).abs().max())
+            raise mismatch(f"layer {i}: the kept BOS key changed (max abs diff {diff:.3g})", layer=i)
         if not v2.equal(v):
             raise mismatch(f"layer {i}: values changed by a position correction", layer=i)
         want = ops.rope_shift(k[:, :, lead:], s.delta, info, s.first)

@@ -9,7 +9,7 @@ Positions: a cache of T entries holds positions 0..T-1; a BOS kept at the front 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -64,26 +64,28 @@ def truncate(cache, start: int, end: int, keep_bos: bool = True):
                          torch.cat((v[:, :, :lead], v[:, :, start:end]), dim=2)) for k, v in layers])
 
 
-def correct_positions(cache, delta: int, info: RopeInfo, keep_bos: bool = True, first_position: int | None = None):
-    """Every key moved by ``delta`` positions (values unchanged); entry 0 left as it is when ``keep_bos``.
+def correct_positions(cache, delta: int, info: RopeInfo, keep_bos: bool = True, first_position: int | None = None,
+                      shift: Callable = rope_shift):
+    """Every key moved by ``delta`` positions with ``shift`` (values unchanged); entry 0 left as it is when ``keep_bos``.
     ``first_position``: where the moved entries sit now (default: right after BOS, or 0)."""
     lead = 1 if keep_bos else 0
     first = lead if first_position is None else first_position
-    return from_layers([(torch.cat((k[:, :, :lead], rope_shift(k[:, :, lead:], delta, info, first)), dim=2), v)
+    return from_layers([(torch.cat((k[:, :, :lead], shift(k[:, :, lead:], delta, info, first)), dim=2), v)  # (B, H, T, D)
                         for k, v in layers_of(cache)])
 
 
-def keep_document(model, cache, prefix_len: int, keep_bos: bool = True, info: RopeInfo | None = None):
+def keep_document(model, cache, prefix_len: int, keep_bos: bool = True, info: RopeInfo | None = None,
+                  correct: Callable = correct_positions):
     """From a cache of prefix + document (the prefix's first token BOS when ``keep_bos``), the
     document's entries at the positions it has without the prefix: BOS, then the document from 1
-    (or from 0 without BOS). Returns (cache, kept length)."""
+    (or from 0 without BOS), moved there by ``correct``. Returns (cache, kept length)."""
     info = info or rope_info(model)
     lead = 1 if keep_bos else 0
     length = layers_of(cache)[0][0].shape[-2]
     if not lead <= prefix_len < length:
         raise CacheSurgeryError(f"prefix of {prefix_len} tokens leaves no document in a cache of {length} (BOS kept: {keep_bos})")
     kept = truncate(cache, prefix_len, length, keep_bos)
-    kept = correct_positions(kept, -(prefix_len - lead), info, keep_bos, first_position=prefix_len)
+    kept = correct(kept, -(prefix_len - lead), info, keep_bos, first_position=prefix_len)
     return kept, lead + length - prefix_len
 
 
@@ -120,7 +122,8 @@ def score_nll(model, cache, prompt: Sequence[int], answer: Sequence[int]) -> flo
     tokens = torch.tensor([ids], device=model.device)  # (1, P + A)
     positions = torch.arange(start, start + len(ids), device=model.device)[None]  # (1, P + A)
     with torch.no_grad():
-        logits = model(input_ids=tokens, position_ids=positions, past_key_values=past, use_cache=True).logits[0].float()  # (P + A, V)
+        out = model(input_ids=tokens, position_ids=positions, past_key_values=past, use_cache=True)
+    logits = out.logits[0].float()  # (P + A, V)
     return answer_nll(logits, len(prompt), answer)
 
 

@@ -67,9 +67,11 @@ def make_config(arch: str, rope_type: str = "default", attn_implementation: str 
             extra["sliding_window"] = SLIDING_WINDOW
         config = classes[arch](**common, **extra, rope_parameters=rope)
     elif arch == "phi":
-        config = transformers.PhiConfig(**common, num_key_value_heads=HEADS, rope_parameters=rope, resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
+        config = transformers.PhiConfig(**common, num_key_value_heads=HEADS, rope_parameters=rope,
+                                        resid_pdrop=0.0, embd_pdrop=0.0, attention_dropout=0.0)
     elif arch == "gpt_neox":
-        config = transformers.GPTNeoXConfig(**common, rope_parameters=rope, use_parallel_residual=True, attention_dropout=0.0, hidden_dropout=0.0)
+        config = transformers.GPTNeoXConfig(**common, rope_parameters=rope, use_parallel_residual=True,
+                                            attention_dropout=0.0, hidden_dropout=0.0)
     else:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")
     config._attn_implementation = attn_implementation
@@ -82,7 +84,7 @@ def tiny_model(arch: str = "llama", rope_type: str = "default", dtype: str = "fp
     from transformers import AutoModelForCausalLM
 
     config = make_config(arch, rope_type)
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):  # CPU generator only: the models are built on CPU
         torch.manual_seed(SEED)
         model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     return model.to(DTYPES[dtype]).eval()

@@ -62,7 +62,10 @@ def rope_info(model) -> RopeInfo:
         # position below the limit is not reliably consistent either.
         limit = int(rotary.original_max_seq_len) - 1
     elif rope_type == "longrope":
-        limit = int(config.rope_parameters["original_max_position_embeddings"])  # switches to long_factor past it
+        # switches to long_factor once a forward's length exceeds the config's original_max_position_embeddings
+        # (transformers' longrope_frequency_update reads it there; rotary.original_max_seq_len is
+        # max_position_embeddings, a different number)
+        limit = int(config.rope_parameters["original_max_position_embeddings"])
     return RopeInfo(rope_type, head_dim, 2 * inv_freq.numel(), inv_freq, float(rotary.attention_scaling), limit)
 
 
@@ -114,7 +117,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def reset_rotary(model) -> None:
     """Put a stateful rotary (dynamic, longrope) back to its short-length frequencies (one call at position 0)."""
     rotary = rotary_of(model)
-    rotary(torch.zeros(1, 1, 1, 2 * rotary.inv_freq.numel(), dtype=rotary.inv_freq.dtype, device=rotary.inv_freq.device), torch.zeros(1, 1, dtype=torch.long, device=rotary.inv_freq.device))
+    inv_freq = rotary.inv_freq
+    x = torch.zeros(1, 1, 1, 2 * inv_freq.numel(), dtype=inv_freq.dtype, device=inv_freq.device)  # (B, H, T, R)
+    rotary(x, torch.zeros(1, 1, dtype=torch.long, device=inv_freq.device))  # position 0
 
 
 def model_rotary(model, x: torch.Tensor, positions: list[int]) -> torch.Tensor:
