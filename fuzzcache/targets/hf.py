@@ -210,10 +210,10 @@ class HFTarget:
         mask = torch.tensor([[0] * (width - len(r.prompt)) + [1] * len(r.prompt) for r in requests], device=self.device)  # (B, T)
         new = max(r.max_new_tokens for r in requests)
         cache = StaticCache(config=self.model.config, max_cache_len=width + new) if static else self.cache_class(config=self.model.config)
-        out = self.model.generate(
-            ids, attention_mask=mask, past_key_values=cache,
-            generation_config=self._generation_config(max_new_tokens=new, min_new_tokens=new, prefill_chunk_size=config.chunk_size, output_logits=True, return_dict_in_generate=True),
+        generation = self._generation_config(
+            max_new_tokens=new, min_new_tokens=new, prefill_chunk_size=config.chunk_size, output_logits=True, return_dict_in_generate=True,
         )
+        out = self.model.generate(ids, attention_mask=mask, past_key_values=cache, generation_config=generation)
         logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, new, V)
         return {
             r.rid: Completion(r.rid, out.sequences[i, width : width + r.max_new_tokens].tolist(), logits[i, : r.max_new_tokens])
@@ -235,10 +235,13 @@ class HFTarget:
         counter = _DraftCounter(self.model)
         self._fresh_rotary()
         ids = torch.tensor([list(request.prompt)], device=self.device)
+        generation = self._generation_config(
+            max_new_tokens=request.max_new_tokens, min_new_tokens=request.max_new_tokens, output_logits=True, return_dict_in_generate=True, **draft_fields,
+        )
         with counter:
             out = self.model.generate(
-                ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache_class(config=self.model.config), assistant_model=assistant,
-                generation_config=self._generation_config(max_new_tokens=request.max_new_tokens, min_new_tokens=request.max_new_tokens, output_logits=True, return_dict_in_generate=True, **draft_fields),
+                ids, attention_mask=torch.ones_like(ids), past_key_values=self.cache_class(config=self.model.config),
+                assistant_model=assistant, generation_config=generation,
             )
         logits = torch.stack(out.logits, dim=1)[0].float().cpu()  # (new, V)
         stats = {"draft_proposed": counter.proposed, "draft_accepted": counter.accepted}
@@ -281,11 +284,13 @@ class HFTarget:
         self._fresh_rotary()
         run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps)
         self.last_stats = {"steps": run.steps, "preemptions": sum(r.preemptions for r in run.results.values())}
-        return {
-            r.rid: Completion(r.rid, run.results[r.rid].tokens, run.results[r.rid].logits(), {"cached_prefix_tokens": run.results[r.rid].cached_prefix_tokens, "preemptions": run.results[r.rid].preemptions})
-            for r in requests
-            if r.max_new_tokens > 0
-        }
+        completions = {}
+        for r in requests:
+            if r.max_new_tokens > 0:
+                result = run.results[r.rid]
+                stats = {"cached_prefix_tokens": result.cached_prefix_tokens, "preemptions": result.preemptions}
+                completions[r.rid] = Completion(r.rid, result.tokens, result.logits(), stats)
+        return completions
 
 
 class _DraftCounter:
