@@ -22,17 +22,12 @@ from hypothesis import strategies as st
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, mismatch
 from fuzzcache.properties.registry import Property, register
-from fuzzcache.properties.surgery_support import (CACHE_REL_TOL, NLL_TOL, assert_rel_close, by_design, relative_error, surgery_of, tokens_of,
-                                                  unless_refused)
+from fuzzcache.properties.surgery_support import (CACHE_REL_TOL, NLL_TOL, assert_rel_close, by_design, reaches_limit, relative_error,
+                                                  surgery_of, tokens_of, unless_refused)
 from fuzzcache.surgery.models import SurgeryModel
 from strategies.surgery import archs_of, surgery_models, token_seqs
 
 BOS_ID = 1
-
-
-def _past_limit(info, length: int) -> bool:
-    """A forward over ``length`` tokens reaches a stateful RoPE's inconsistent positions."""
-    return info.consistent_below is not None and length - 1 >= info.consistent_below
 
 
 @dataclass(frozen=True)
@@ -130,7 +125,7 @@ def check_suffix(target, s: SuffixScenario) -> None:
         if not (k.equal(k2) and v.equal(v2)):
             raise Finding("nondeterministic", f"building the same cache twice gave different layer-{i} entries", {"layer": i})
     info = ops.rope_info(model)
-    if _past_limit(info, len(s.passage) + len(s.query)):
+    if reaches_limit(info, len(s.passage) + len(s.query) - 1):
         by_design(f"{info.rope_type} suffix cache past its original max length")
         return
     suffix = layers_of(ops.suffix_cache(model, list(s.passage), list(s.query)))
@@ -171,7 +166,7 @@ def check_nll(target, s: NllScenario) -> None:
     info = ops.rope_info(model)
     context = list(s.context[: s.keep])
     ids = context + list(s.prompt) + list(s.answer)
-    if _past_limit(info, len(ids)):
+    if reaches_limit(info, len(ids) - 1):
         by_design(f"{info.rope_type} scoring past its original max length")
         return
     _, cache = ops.build_cache(model, list(s.context))

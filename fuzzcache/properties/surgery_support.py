@@ -56,6 +56,11 @@ def by_design(what: str) -> None:
     reached(f"by design: {what}")
 
 
+def reaches_limit(info, highest: int) -> bool:
+    """Keys at position ``highest`` are at or past a stateful RoPE's cache-consistent limit."""
+    return info.consistent_below is not None and highest >= info.consistent_below
+
+
 def unless_refused(info, highest: int, what: str, call):
     """``call()``'s result, or None (counted) when it raises RopeShiftError for keys reaching position
     ``highest`` at or past a stateful RoPE's limit. A refusal below the limit, or on a RoPE type without
@@ -63,7 +68,7 @@ def unless_refused(info, highest: int, what: str, call):
     from fuzzcache.surgery.rotary import RopeShiftError
 
     limit = info.consistent_below
-    reaches = limit is not None and highest >= limit
+    reaches = reaches_limit(info, highest)
     try:
         result = call()
     except RopeShiftError as e:

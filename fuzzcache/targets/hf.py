@@ -77,8 +77,7 @@ def quiet_transformers():
 
 class HFTarget:
     """A tiny seeded ``arch`` model behind transformers' own generation paths. ``cache_class``
-    is the DynamicCache class the ``generate`` paths use (a planted bug replaces it);
-    ``last_path`` names the path the latest ``generate`` took."""
+    is the DynamicCache class the ``generate`` paths use (a planted bug replaces it)."""
 
     features = FEATURES
     min_block_size = MIN_PAGE_SIZE  # strategies draw block sizes from here up
@@ -104,7 +103,6 @@ class HFTarget:
             self.features = FEATURES - {"prefix_cache"}  # transformers shares no blocks of sliding-window layers
         self.cb_model = copy.deepcopy(self.model)  # continuous batching switches its attention implementation
         self._draft = None
-        self.last_path = ""
         self.last_ignored: tuple[str, ...] = ()  # what the latest path could not express; note_paths reports it
         self.last_stats: dict[str, int] = {}
 
@@ -137,7 +135,6 @@ class HFTarget:
         if path not in PATHS:
             raise ValueError(f"unknown transformers path {path!r}; known: {', '.join(PATHS)}")
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
-        self.last_path = path
         self.last_ignored = self.ignored_fields(path, requests, config)
         self.last_stats = {}
         live = [r for r in requests if r.max_new_tokens > 0]
