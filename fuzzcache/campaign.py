@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fuzzcache.properties import Property
-from fuzzcache.runner import PropertyRun, Saved, run_property
+from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
 
 
 
@@ -110,8 +110,10 @@ def run_campaign(
                     if run.found or run.error:
                         active.remove(prop)
                     live.update(live_table())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             interrupted = True
+            if isinstance(exc, Interrupted):  # what the interrupted property found is saved; report it
+                totals[exc.run.property].add(exc.run)
     return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted)
 
 
@@ -136,8 +138,23 @@ def print_report(result: CampaignResult, console: Console) -> None:
     for kind, items in sorted(by_kind.items()):
         console.print(f"[bold red]{kind}[/]: {len(items)}")
         for s in items:
-            short = s.scenario.short() if hasattr(s.scenario, "short") else s.scenario
-            console.print(f"  {s.property}: {s.message}\n    repro: {short}\n    saved: {s.path}{'' if s.new else ' (already in corpus' + (f', triaged: {s.triage}' if s.triage else '') + ')'}", markup=False, highlight=False)
+            console.print(f"  {s.property}: {s.message}\n    repro: {short_form(s.scenario)}{minimized_note(s)}\n"
+                          f"    saved: {s.path}{'' if s.new else ' (already in corpus' + (f', triaged: {s.triage}' if s.triage else '') + ')'}", markup=False, highlight=False)
+
+
+def short_form(scenario) -> str:
+    return scenario.short().strip() if hasattr(scenario, "short") else str(scenario)
+
+
+def minimized_note(saved: Saved) -> str:
+    """How the minimizer changed Hypothesis's shrunk repro, and what it cost."""
+    m = saved.minimized
+    if m is None:
+        return ""
+    cost = f"{m.checks} checks, {m.seconds:.1f}s{', capped' if m.capped else ''}{', interrupted' if m.interrupted else ''}"
+    if saved.scenario == saved.shrunk_scenario:
+        return f"\n    minimizer: already minimal ({cost})"
+    return f"\n    minimizer: from {short_form(saved.shrunk_scenario)} ({cost})"
 
 
 def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
@@ -153,7 +170,9 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
                 "seconds": round(t.seconds, 2),
                 "paths": dict(t.paths),
                 "errors": t.errors,
-                "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new} for s in t.found],
+                "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new,
+                              "repro": short_form(s.scenario), "shrunk": short_form(s.shrunk_scenario),
+                              "minimized": s.minimized.record() if s.minimized else None} for s in t.found],
             }
             for t in result.totals.values()
         },

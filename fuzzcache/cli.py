@@ -1,4 +1,4 @@
-"""The ``fuzzcache`` command: fuzz, replay, list."""
+"""The ``fuzzcache`` command: fuzz, replay, minimize, bench, mutants, list."""
 
 from __future__ import annotations
 
@@ -116,6 +116,70 @@ def replay(paths, target_spec) -> None:
             click.echo(f"FAILS  {path}: {finding}")
     click.echo(f"{len(files)} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {len(files) - still - bad - known} fixed")
     sys.exit(1 if still or bad else 0)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--target", "target_spec", default=None, help="minimize against this target instead of the one each file names")
+@click.option("--corpus", "corpus_dir", default=None, type=click.Path(path_type=Path), help="where minimized files go (default: the corpus folder each file is in)")
+@click.option("--max-checks", default=None, type=int, help="property checks per file (default: the minimizer's cap)")
+@click.option("--keep-original", is_flag=True, help="keep the input file beside the minimized one (default: the minimized file replaces it, holding its scenario as shrunk_scenario)")
+def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
+    """Minimize corpus files (older versions', a long nightly run's, hand-written ones): each
+    still-failing case is reduced by its structure and saved as a new, content-addressed file
+    holding the old scenario as shrunk_scenario. Exit 1 if a file could not be read."""
+    from fuzzcache import corpus
+    from fuzzcache.campaign import short_form
+    from fuzzcache.minimize import MAX_CHECKS
+    from fuzzcache.properties import get
+    from fuzzcache.findings import Finding
+    from fuzzcache.guard import Unsupported
+    from fuzzcache.runner import checked, minimize_found, target_options
+
+    try:
+        files = iter_files(paths)
+    except CorpusError as exc:
+        fail(str(exc))
+    override = target_or_fail(target_spec) if target_spec else None
+    bad = 0
+    for path in files:
+        try:
+            case = load(path)
+            target = override or resolve_target(case.target, **case.target_options)
+        except (CorpusError, UnknownTarget) as exc:
+            click.echo(f"ERROR  {path}: {exc}")
+            bad += 1
+            continue
+        prop = get(case.property)
+        try:
+            checked(prop, target, case.scenario)
+            click.echo(f"passes {path}: the target agrees with the oracle now; nothing to minimize")
+            continue
+        except Unsupported as exc:
+            click.echo(f"ERROR  {path}: the target rejects this config: {exc}")
+            bad += 1
+            continue
+        except Finding as finding:
+            scenario, found, result = minimize_found(prop, target, case.scenario, finding, max_checks or MAX_CHECKS)
+        stats = f"{result.checks} checks, {result.seconds:.1f}s{', capped' if result.capped else ''}"
+        if scenario == case.scenario:
+            click.echo(f"minimal {path}: {short_form(scenario)} ({stats})")
+            continue
+        root = corpus_dir or _corpus_root(path, case)
+        spec, options = (target_spec, target_options(target)) if override else (case.target, case.target_options)
+        new_path, new = corpus.save(root, spec, case.property, scenario, found, options,
+                                    shrunk_scenario=case.shrunk_scenario or case.scenario, minimized=result.record(), triage=case.triage)
+        if not keep_original and new_path.resolve() != path.resolve():
+            path.unlink()  # its scenario lives on in the minimized file's shrunk_scenario
+        click.echo(f"reduced {path}: {short_form(case.scenario)} -> {short_form(scenario)} ({stats})\n        -> {new_path}{'' if new else ' (already there)'}")
+    sys.exit(1 if bad else 0)
+
+
+def _corpus_root(path: Path, case) -> Path:
+    """The corpus folder of ``corpus/<target>/<property>/crash-*.json``; else ``path``'s folder."""
+    if path.parent.name == case.property and path.parent.parent.name == case.target:
+        return path.parent.parent.parent
+    return path.parent
 
 
 @main.command()

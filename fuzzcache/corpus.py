@@ -36,6 +36,8 @@ class Case:
     message: str
     target_options: dict  # dtype / device the target was built with, for resolve_target
     triage: dict | None = None  # added by a person: {"classification": one of TRIAGE_CLASSES, "writeup": "..."}
+    shrunk_scenario: Any = None  # Hypothesis's shrunk scenario, when ``scenario`` is the minimizer's
+    minimized: dict | None = None  # the minimizer's pass: checks, seconds, capped, interrupted
 
     @property
     def known(self) -> bool:
@@ -58,8 +60,11 @@ def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, ta
     return Path(corpus_dir) / target / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
 
 
-def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding, target_options: dict | None = None) -> tuple[Path, bool]:
-    """Write the repro; returns (path, True) when new, (path, False) when it was already there."""
+def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding, target_options: dict | None = None,
+         shrunk_scenario: Any = None, minimized: dict | None = None, triage: dict | None = None) -> tuple[Path, bool]:
+    """Write the repro (``scenario``; replay runs it), with Hypothesis's ``shrunk_scenario`` and
+    the minimizer's record beside it when the minimizer ran; returns (path, True) when new,
+    (path, False) when it was already there."""
     from fuzzcache import __version__
 
     path = case_path(Path(corpus_dir), target, property_id, scenario, target_options)
@@ -74,10 +79,12 @@ def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, f
         "kind": finding.kind,
         "message": finding.message,
         "scenario": to_jsonable(scenario),
+        **({"shrunk_scenario": to_jsonable(shrunk_scenario), "minimized": minimized} if minimized is not None else {}),
         "divergence": {k: v for k, v in finding.details.items() if k != "traceback"},
         "traceback": finding.details.get("traceback"),
         "versions": {"fuzzcache": __version__, "torch": torch.__version__, "hypothesis": hypothesis.__version__},
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **({"triage": triage} if triage is not None else {}),
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
@@ -112,15 +119,19 @@ def load(path: Path | str) -> Case:
     try:
         prop = get(record["property"])
         scenario = from_jsonable(prop.scenario_type, record["scenario"])
+        shrunk = from_jsonable(prop.scenario_type, record["shrunk_scenario"]) if record.get("shrunk_scenario") is not None else None
     except (ValueError, TypeError, KeyError) as exc:
         raise CorpusError(f"{path}: {exc}") from exc
+    minimized = record.get("minimized")
+    if minimized is not None and not isinstance(minimized, dict):
+        raise CorpusError(f"{path}: minimized must be an object (checks, seconds, capped), got {minimized!r}")
     options = record.get("target_options") or {}
     if not isinstance(options, dict) or set(options) - {"dtype", "device"}:
         raise CorpusError(f"{path}: target_options must hold only dtype and device, got {options!r}")
     triage = record.get("triage")
     if triage is not None and (not isinstance(triage, dict) or triage.get("classification") not in TRIAGE_CLASSES or not triage.get("writeup")):
         raise CorpusError(f"{path}: triage must be {{\"classification\": one of {', '.join(TRIAGE_CLASSES)}, \"writeup\": \"...\"}}, got {triage!r}")
-    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""), options, triage)
+    return Case(path, record["target"], record["property"], scenario, record.get("kind", "?"), record.get("message", ""), options, triage, shrunk, minimized)
 
 
 def iter_files(paths: Iterable[Path | str]) -> list[Path]:

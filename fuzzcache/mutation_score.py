@@ -6,6 +6,7 @@ engine runs in the same table and must survive both."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,9 +28,15 @@ class MutantScore:
     kind: str = ""
     seconds_to_kill: float | None = None  # until the first failing example, before shrinking
     examples_to_kill: int | None = None
-    repro: str = ""  # "<property>: <short form>" of the shrunk example
+    repro: str = ""  # "<property>: <short form>" of the minimized repro
+    shrunk_repro: str = ""  # the same of Hypothesis's shrunk example, before the minimizer
     documented: list[str] = field(default_factory=list)
     equals_documented: bool | None = None
+    repro_tokens: int | None = None  # total tokens (``short_form_tokens``) of the minimized repro
+    shrunk_tokens: int | None = None
+    documented_tokens: int | None = None  # of the smallest documented trigger
+    minimize_checks: int | None = None  # the minimizer's property checks on this finding
+    minimize_seconds: float | None = None
     seconds_total: float = 0.0
 
     @property
@@ -90,7 +97,12 @@ def score_target(spec: str, make: Callable[[], object], bug: str, documented: li
             result.examples_to_kill = spent_examples + (run.examples_to_find or run.examples)
             result.seconds_to_kill = round(spent_seconds + (run.seconds_to_find or run.seconds), 2)
             result.repro = f"{prop.id}: {short.strip()}"
+            result.shrunk_repro = f"{prop.id}: {found.shrunk_scenario.short().strip()}" if hasattr(found.shrunk_scenario, "short") else ""
             result.equals_documented = result.repro in documented if documented else None
+            result.repro_tokens, result.shrunk_tokens = short_form_tokens(result.repro), short_form_tokens(result.shrunk_repro)
+            result.documented_tokens = min((short_form_tokens(d) for d in documented), default=None)
+            if found.minimized is not None:
+                result.minimize_checks, result.minimize_seconds = found.minimized.checks, round(found.minimized.seconds, 2)
             break
         spent_examples += run.examples
         spent_seconds += run.seconds
@@ -98,15 +110,46 @@ def score_target(spec: str, make: Callable[[], object], bug: str, documented: li
     return result
 
 
+def short_form_tokens(repro: str) -> int | None:
+    """Total tokens of a repro's short form ("<property>: <short>"): prompt plus generated over
+    all requests. Request traces: each ``[prompt=P new=N]``. Other scenarios: their token counts
+    (prompt, decoded, passage, query, context, answer, prefix, doc, T; each length in prompts /
+    decode / prefill, plus new for each prompt; each token of a corpus / context list; each
+    character of a quoted text). Positions, offsets, k, block and chunk sizes are not tokens."""
+    if not repro:
+        return None
+    short = repro.split(": ", 1)[-1]
+    requests = re.findall(r"\[prompt=(\d+) new=(\d+)", short)
+    if requests:
+        return sum(int(p) + int(n) for p, n in requests)
+    fields = dict(re.findall(r"(\w+)=(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|-?\d+)", short))
+    total, rows = 0, 1
+    for name, value in fields.items():
+        if value[0] in "'\"":
+            total += len(value) - 2
+        elif value.startswith("["):
+            items = [int(x) for x in value[1:-1].split(",") if x.strip()]
+            if name in ("prompts", "decode", "prefill"):
+                total, rows = total + sum(items), len(items) if name == "prompts" else rows
+            elif name in ("corpus", "context"):
+                total += len(items)
+        elif name in ("prompt", "decoded", "passage", "query", "context", "answer", "prefix", "doc", "T"):
+            total += int(value)
+    return total + rows * int(fields.get("new", 0))
+
+
 def markdown_table(scores: list[MutantScore]) -> str:
-    head = "| mutant | fixed checks | fuzzer | property | s to kill | examples to kill | shrunk repro | = documented trigger |\n|---|---|---|---|---|---|---|---|\n"
+    head = ("| mutant | fixed checks | fuzzer | property | s to kill | examples to kill | shrunk repro | minimized repro | tokens: shrunk / "
+            "minimized / documented | minimizer checks, s | = documented trigger |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
+    dash = lambda v: "-" if v is None or v == "" else v  # noqa: E731
     for s in scores:
         equal = {True: "yes", False: "no", None: "-"}[s.equals_documented]
         rows.append(
             f"| {s.target} | {s.fixed_checks} | {'killed' if s.fuzz_killed else 'survived'} | {s.killed_by or '-'} | "
-            f"{s.seconds_to_kill if s.seconds_to_kill is not None else '-'} | {s.examples_to_kill if s.examples_to_kill is not None else '-'} | "
-            f"{s.repro.split(': ', 1)[-1] if s.repro else '-'} | {equal} |"
+            f"{dash(s.seconds_to_kill)} | {dash(s.examples_to_kill)} | {dash(s.shrunk_repro.split(': ', 1)[-1])} | "
+            f"{dash(s.repro.split(': ', 1)[-1])} | {dash(s.shrunk_tokens)} / {dash(s.repro_tokens)} / {dash(s.documented_tokens)} | "
+            f"{dash(s.minimize_checks)}, {dash(s.minimize_seconds)} | {equal} |"
         )
     return head + "\n".join(rows) + "\n"
 

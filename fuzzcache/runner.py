@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings a
 
 from fuzzcache import corpus, coverage
 from fuzzcache.findings import Finding
+from fuzzcache.minimize import MAX_CHECKS, Minimized, minimize
 from fuzzcache.properties import Property
 
 RERUNS = 2
@@ -26,6 +27,14 @@ class BudgetExhausted(BaseException):
     """Ends a run at its stop time; a BaseException, so Hypothesis neither catches nor shrinks it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a property run, carrying what the run found (already saved)."""
+
+    def __init__(self, run: "PropertyRun"):
+        super().__init__()
+        self.run = run
+
+
 @dataclass
 class Saved:
     property: str
@@ -33,8 +42,10 @@ class Saved:
     message: str
     path: Path | None
     new: bool
-    scenario: Any
+    scenario: Any  # the repro: the minimized scenario (Hypothesis's shrunk one when not minimized)
     triage: str | None = None  # the classification of an existing, triaged corpus file
+    shrunk_scenario: Any = None  # Hypothesis's shrunk scenario, before the minimizer
+    minimized: Minimized | None = None  # the minimizer's pass (None: it did not run)
 
 
 @dataclass
@@ -132,12 +143,15 @@ def run_property(
     except KeyboardInterrupt:
         run.seconds = time.perf_counter() - start
         run.paths = coverage.take()
-        if last_failure:  # keep what was found, shrunk or not
-            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target))
-        raise
+        if last_failure:  # keep what was found, shrunk or not; no minimizing on the way out
+            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target, reduce=False))
+        raise Interrupted(run) from None
     except Exception as exc:  # noqa: BLE001 - Hypothesis re-raises the minimal failure
         if last_failure:
             run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target))
+            if run.found[-1].minimized is not None and run.found[-1].minimized.interrupted:
+                run.seconds, run.paths = time.perf_counter() - start, coverage.take()
+                raise Interrupted(run) from None  # Ctrl-C while minimizing: the best so far is saved
         else:
             run.error = f"{type(exc).__name__}: {exc}"
     run.seconds = time.perf_counter() - start
@@ -158,13 +172,32 @@ def target_options(target) -> dict:
     return options
 
 
-def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding, target=None) -> Saved:
+def minimize_found(prop: Property, target, scenario, finding: Finding, max_checks: int = MAX_CHECKS) -> tuple[Any, Finding, Minimized]:
+    """The minimizer on a confirmed failure: (repro, its finding, the pass). The repro is the
+    minimized scenario, or ``scenario`` when nothing smaller fails the same way every time."""
+    result = minimize(prop, target, scenario, finding, max_checks)
+    if result.scenario != scenario:
+        again = confirmed(prop, target, result.scenario, result.finding)
+        if again.kind != "nondeterministic":  # else keep the input, which fails every time
+            return result.scenario, again, result
+    return scenario, finding, result
+
+
+def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding, target=None, reduce: bool = True) -> Saved:
+    """Confirm the failure, minimize it (unless its shrunk form is already in the corpus, or
+    ``reduce`` is off), and save the repro with Hypothesis's shrunk scenario beside it."""
     finding = confirmed(prop, target, scenario, finding)
+    options = target_options(target)
+    known = corpus_dir is not None and corpus.case_path(Path(corpus_dir), target_spec, prop.id, scenario, options).exists()
+    shrunk, result = scenario, None
+    if reduce and not known:
+        scenario, finding, result = minimize_found(prop, target, scenario, finding)
     path, new = (None, True)
     if corpus_dir is not None:
-        path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, target_options(target))
+        path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, options,
+                                shrunk_scenario=shrunk if result else None, minimized=result.record() if result else None)
     triage = None if new or path is None else _classification(path)
-    return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage)
+    return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result)
 
 
 def _classification(path: Path) -> str | None:

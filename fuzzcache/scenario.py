@@ -25,6 +25,23 @@ class TraceScenario:
         changed = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if getattr(c, f.name) != f.default}
         return f"{reqs} " + " ".join(f"{k}={v}" for k, v in changed.items())
 
+    def request_ids(self) -> list[int]:
+        return [r.rid for r in self.requests]
+
+    def size_key(self) -> tuple:
+        from fuzzcache.reductions import trace_size_key
+
+        return trace_size_key(self)
+
+    def reductions(self, target):
+        """Smaller traces the contract allows on ``target`` (for ``fuzzcache.minimize``)."""
+        from fuzzcache.minimize import Reduced
+        from fuzzcache.reductions import trace_reductions, valid_trace
+
+        for candidate in trace_reductions(self, target):
+            if valid_trace(candidate.scenario if isinstance(candidate, Reduced) else candidate, target):
+                yield candidate
+
 
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses to dicts, tuples to lists, recursively."""

@@ -18,6 +18,7 @@ from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
 from fuzzcache.properties.op_support import SEED_MODEL, assert_caches_close, assert_logits_close, model_for, oracle_logits, ops_of, token_lists, tokens_of
+from fuzzcache.reductions import field_reductions, rows_reductions
 from fuzzcache.properties.registry import Property, register
 from strategies.model import model_configs
 
@@ -32,6 +33,9 @@ class DecodeScenario:
 
     def short(self) -> str:
         return f"prompt={len(self.prompt)} new={self.max_new_tokens} model={self.model.positions}/h{self.model.n_head}kv{self.model.n_kv_head}"
+
+    def reductions(self, target):
+        return field_reductions(self, {"prompt": 1}, {"max_new_tokens": 1})
 
 
 def check_recompute(target, s: DecodeScenario) -> None:
@@ -67,6 +71,9 @@ class RaggedScenario:
 
     def short(self) -> str:
         return f"prompts={[len(p) for p in self.prompts]} new={self.max_new_tokens}"
+
+    def reductions(self, target):
+        return rows_reductions(self, "prompts", 1, 1, {"max_new_tokens": 1})
 
 
 def check_ragged(target, s: RaggedScenario) -> None:

@@ -17,6 +17,7 @@ from fuzzcache.engine.kv_cache import cache_len
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig
 from fuzzcache.properties.op_support import SEED_MODEL, assert_caches_close, assert_logits_close, model_for, ops_of, token_lists, tokens_of
+from fuzzcache.reductions import field_reductions
 from fuzzcache.properties.registry import Property, register
 from strategies.model import model_configs
 
@@ -31,6 +32,9 @@ class ChunkedScenario:
 
     def short(self) -> str:
         return f"prompt={len(self.prompt)} chunk={self.chunk_size}"
+
+    def reductions(self, target):
+        return field_reductions(self, {"prompt": 1}, {"chunk_size": 1})
 
 
 def check_chunked(target, s: ChunkedScenario) -> None:

@@ -14,6 +14,7 @@ from fuzzcache.coverage import reached
 from fuzzcache.findings import mismatch
 from fuzzcache.properties.engine_level import check_trace
 from fuzzcache.properties.op_support import tokens_of
+from fuzzcache.reductions import rows_reductions
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.scenario import TraceScenario
 from strategies.lengths import block_sizes
@@ -48,6 +49,12 @@ class PrefixScenario:
 
     def short(self) -> str:
         return f"prompts={[len(p) for p in self.prompts]} block={self.block_size} new={self.max_new_tokens}"
+
+    def request_ids(self) -> list[int]:
+        return list(range(len(self.prompts)))
+
+    def reductions(self, target):
+        return rows_reductions(self, "prompts", 1, 1, {"max_new_tokens": 1, "block_size": getattr(target, "min_block_size", 1)})
 
 
 def check_prefix_hit(target, s: PrefixScenario) -> None:

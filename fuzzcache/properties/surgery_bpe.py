@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from fuzzcache.coverage import reached
 from fuzzcache.findings import mismatch
+from fuzzcache.reductions import field_reductions
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.properties.surgery_support import surgery_of
 from strategies.surgery import texts
@@ -26,6 +27,9 @@ class BpeScenario:
 
     def short(self) -> str:
         return f"prefix={self.prefix!r} doc={self.doc!r}"
+
+    def reductions(self, target):
+        return field_reductions(self, {"prefix": 0, "doc": 0})
 
 
 def check_bpe(target, s: BpeScenario) -> None:

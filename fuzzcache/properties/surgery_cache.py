@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, mismatch
+from fuzzcache.reductions import field_reductions
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.properties.surgery_support import (CACHE_REL_TOL, NLL_TOL, assert_rel_close, by_design, reaches_limit, relative_error,
                                                   surgery_of, tokens_of, unless_refused)
@@ -39,6 +40,9 @@ class DocumentScenario:
 
     def short(self) -> str:
         return f"{self.model.short()} prefix={len(self.prefix)} doc={len(self.doc)} bos={self.keep_bos}"
+
+    def reductions(self, target):
+        return field_reductions(self, {"prefix": 1, "doc": 1})
 
 
 def check_document(target, s: DocumentScenario) -> None:
@@ -114,6 +118,9 @@ class SuffixScenario:
 
     def short(self) -> str:
         return f"{self.model.short()} passage={len(self.passage)} query={len(self.query)}"
+
+    def reductions(self, target):
+        return field_reductions(self, {"passage": 1, "query": 0})
 
 
 def check_suffix(target, s: SuffixScenario) -> None:
