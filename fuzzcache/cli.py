@@ -221,7 +221,7 @@ def mutants(target_list, profile, budget, out_dir) -> None:
 
     from fuzzcache.campaign import parse_budget
     from fuzzcache.mutants import ZOO
-    from fuzzcache.mutation_score import score_target, write_outputs
+    from fuzzcache.mutation_score import minimizer_costs, score_target, write_outputs
 
     try:
         budget_s = parse_budget(budget)
@@ -232,23 +232,25 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         for spec in specs:
             target_or_fail(spec)  # a clear error before any work
         zoo_entry = lambda spec: ZOO.get(spec.removeprefix("mutant:")) if spec.startswith("mutant:") else None  # noqa: E731
-        entries = [(spec, m.bug if m else "", list(m.triggers) if m else []) for spec, m in ((s, zoo_entry(s)) for s in specs)]
+        entries = [(spec, zoo_entry(spec)) for spec in specs]
     else:
-        entries = [(f"mutant:{m.name}", m.bug, list(m.triggers)) for m in ZOO.values()]
-    entries = [("reference", "(the correct engine: must survive)", [])] + entries
+        entries = [(f"mutant:{m.name}", m) for m in ZOO.values()]
+    entries = [("reference", None)] + entries
     console = make_console()
     table = Table(title=f"fuzzcache mutants --profile {profile} --budget {budget}")
-    for col in ("mutant", "fixed checks", "fuzzer", "property", "s to kill", "examples", "shrunk repro", "= trigger"):
+    for col in ("mutant", "fixed checks", "fuzzer", "property", "s to kill", "examples", "repro (minimized)", "tokens", "= trigger"):
         table.add_column(col)
     scores = []
     started = time.monotonic()
-    for spec, bug, triggers in entries:
-        score = score_target(spec, lambda spec=spec: resolve_target(spec), bug, triggers, Settings.get_profile(profile), budget_s)
+    for spec, m in entries:
+        bug = "(the correct engine: must survive)" if spec == "reference" else ""
+        score = score_target(spec, lambda spec=spec: resolve_target(spec), Settings.get_profile(profile), budget_s, m, bug)
         scores.append(score)
         equal = {True: "yes", False: "no", None: "-"}[score.equals_documented]
         table.add_row(spec, score.fixed_checks, "killed" if score.fuzz_killed else "survived", score.killed_by or "-",
                       f"{score.seconds_to_kill:.1f}" if score.seconds_to_kill is not None else "-", str(score.examples_to_kill or "-"),
-                      escape(score.repro.split(": ", 1)[-1]) if score.repro else "-", equal)  # "[prompt=2 new=1]" is not markup
+                      escape(score.repro.split(": ", 1)[-1]) if score.repro else "-",  # "[prompt=2 new=1]" is not markup
+                      f"{score.shrunk_tokens} -> {score.repro_tokens} ({score.documented_tokens})" if score.repro else "-", equal)
         console.print(f"{spec}: {'killed by ' + score.killed_by if score.fuzz_killed else 'survived'} ({score.seconds_total:.0f}s)", markup=False, highlight=False)
     total = time.monotonic() - started
     console.print(table)
@@ -259,12 +261,16 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         "profile": profile, "budget_s": budget_s, "total_seconds": round(total, 1),
         "mutants": len(zoo), "fixed_checks_killed": sum(s.fixed_killed for s in zoo), "fuzzer_killed": len(kills),
         "documented_trigger_matched": sum(bool(s.equals_documented) for s in zoo),
+        "at_or_below_documented_tokens": sum(s.repro_tokens is not None and s.documented_tokens is not None and s.repro_tokens <= s.documented_tokens for s in zoo),
+        **minimizer_costs(zoo),
         "median_seconds_to_kill": kills[len(kills) // 2] if kills else None, "worst_seconds_to_kill": kills[-1] if kills else None,
         "reference_survived": all(not s.fuzz_killed and not s.fixed_killed for s in scores if s.target == "reference"),
     }
     console.print(
         f"fixed checks killed {summary['fixed_checks_killed']}/{len(zoo)}; fuzzer killed {len(kills)}/{len(zoo)}; "
-        f"repro = documented trigger for {summary['documented_trigger_matched']}/{len(zoo)}; "
+        f"repro = documented trigger for {summary['documented_trigger_matched']}/{len(zoo)}, at or below its tokens for "
+        f"{summary['at_or_below_documented_tokens']}/{len(zoo)}; minimizer checks median {summary['minimizer_checks_median']} worst "
+        f"{summary['minimizer_checks_worst']}, seconds median {summary['minimizer_seconds_median']} worst {summary['minimizer_seconds_worst']}; "
         f"seconds to kill median {summary['median_seconds_to_kill']} worst {summary['worst_seconds_to_kill']}; "
         f"correct engine {'survived' if summary['reference_survived'] else 'FLAGGED'}; total {total:.0f}s", markup=False, highlight=False)
     md, js = write_outputs(scores, out_dir, summary)

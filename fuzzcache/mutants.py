@@ -30,13 +30,20 @@ class Mutant:
     bug: str  # one line
     triggers: tuple[str, ...]  # equally minimal triggers, "<property>: <short form>"
     make: Callable[..., ReferenceTarget]  # (**target options) -> the mutant target
+    # Where one finding kind of this bug needs more than ``triggers`` (the minimizer keeps a
+    # finding's kind, so its repro is held to these): kind -> that kind's minimal triggers.
+    triggers_of_kind: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def documented(self, kind: str) -> tuple[str, ...]:
+        """The minimal triggers a repro of ``kind`` is held to."""
+        return self.triggers_of_kind.get(kind, self.triggers)
 
 
 ZOO: dict[str, Mutant] = {}
 
 
 def mutant(name: str, path: str, bug: str, *triggers: str, ops: dict | None = None, scheduler: type | None = None,
-           surgery: dict | None = None) -> None:
+           surgery: dict | None = None, triggers_of_kind: dict[str, tuple[str, ...]] | None = None) -> None:
     def make(**options) -> ReferenceTarget:
         surgery_ops = None
         if surgery:
@@ -48,7 +55,7 @@ def mutant(name: str, path: str, bug: str, *triggers: str, ops: dict | None = No
             target.scheduler_class = scheduler
         return target
 
-    ZOO[name] = Mutant(name, path, bug, triggers, make)
+    ZOO[name] = Mutant(name, path, bug, triggers, make, triggers_of_kind or {})
 
 
 def build(name: str, **options) -> ReferenceTarget:
@@ -361,10 +368,18 @@ class StaleTableScheduler(Scheduler):
         seq.block_table = []
 
 
+STALE_TABLE_REQUESTS = ("[prompt=1 new=3] [prompt=1 new=3 at=1]", "[prompt=1 new=3 at=1] [prompt=1 new=3]", "[prompt=2 new=2] [prompt=1 new=3]")
 mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request keeps its freed blocks and writes into them after re-admission",
-       # minimal by exhaustive search of two-request traces up to 8 tokens (block 1-2, pool min to min+1)
-       *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool")
-         for reqs in ("[prompt=1 new=3] [prompt=1 new=3 at=1]", "[prompt=2 new=2] [prompt=1 new=3]")),
+       # minimal (8 tokens, wrong tokens) by exhaustive search of two-request traces (block 1-4, arrivals 0-2, pool min to
+       # min+1 or unbounded); with the prefix cache on, engine.trace passes them and engine.same.prefix_cache fails them
+       *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool") for reqs in STALE_TABLE_REQUESTS),
+       *(f"engine.same.prefix_cache: {reqs} block_size=1 num_blocks=4 prefix_cache=True" for reqs in STALE_TABLE_REQUESTS),
+       # the NaN-logits form (a read of a freed, poisoned block: a contract breach) needs 9 tokens (the same search,
+       # token alphabets {0} and {0, 1}, and three-request traces of {0} up to 8 tokens)
+       triggers_of_kind={"contract": tuple(
+           f"engine.same.prefix_cache: {reqs} block_size=3 num_blocks=2 prefix_cache=True" for reqs in (
+               "[prompt=1 new=2 at=2] [prompt=1 new=5]", "[prompt=1 new=2 at=1] [prompt=2 new=4]", "[prompt=1 new=5] [prompt=1 new=2 at=2]",
+               "[prompt=2 new=4] [prompt=1 new=2 at=1]", "[prompt=3 new=3] [prompt=1 new=2]"))},
        scheduler=StaleTableScheduler)
 
 

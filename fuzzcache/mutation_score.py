@@ -14,7 +14,9 @@ from typing import Callable
 
 from hypothesis import settings as Settings
 
+from fuzzcache.mutants import Mutant
 from fuzzcache.properties import PROPERTIES, Property
+from fuzzcache.campaign import short_form
 from fuzzcache.runner import run_property
 
 
@@ -80,11 +82,12 @@ def _examples_pass(prop: Property, target) -> bool:
     return True
 
 
-def score_target(spec: str, make: Callable[[], object], bug: str, documented: list[str], base: Settings, budget_s: float) -> MutantScore:
-    """Seed checks, then properties in ``property_order`` until the first kill or the budget."""
+def score_target(spec: str, make: Callable[[], object], base: Settings, budget_s: float, mutant: Mutant | None = None, bug: str = "") -> MutantScore:
+    """Seed checks, then properties in ``property_order`` until the first kill or the budget.
+    A zoo ``mutant``'s repro is held to its documented minimal triggers for the finding's kind."""
     start = time.monotonic()
     target = make()
-    result = MutantScore(spec, bug, fixed_checks(target), documented=documented)
+    result = MutantScore(spec, mutant.bug if mutant else bug, fixed_checks(target))
     spent_examples, spent_seconds = 0, 0.0
     for prop in property_order():
         if not prop.applies_to(target) or time.monotonic() - start > budget_s:
@@ -92,12 +95,12 @@ def score_target(spec: str, make: Callable[[], object], bug: str, documented: li
         run = run_property(prop, target, spec, Settings(base, database=None), corpus_dir=None, stop_at=start + budget_s)
         if run.found:
             found = run.found[0]
-            short = found.scenario.short() if hasattr(found.scenario, "short") else str(found.scenario)
             result.fuzz_killed, result.killed_by, result.kind = True, prop.id, found.kind
             result.examples_to_kill = spent_examples + (run.examples_to_find or run.examples)
             result.seconds_to_kill = round(spent_seconds + (run.seconds_to_find or run.seconds), 2)
-            result.repro = f"{prop.id}: {short.strip()}"
-            result.shrunk_repro = f"{prop.id}: {found.shrunk_scenario.short().strip()}" if hasattr(found.shrunk_scenario, "short") else ""
+            documented = result.documented = list(mutant.documented(found.kind)) if mutant else []
+            result.repro = f"{prop.id}: {short_form(found.scenario)}"
+            result.shrunk_repro = f"{prop.id}: {short_form(found.shrunk_scenario)}"
             result.equals_documented = result.repro in documented if documented else None
             result.repro_tokens, result.shrunk_tokens = short_form_tokens(result.repro), short_form_tokens(result.shrunk_repro)
             result.documented_tokens = min((short_form_tokens(d) for d in documented), default=None)
@@ -136,6 +139,16 @@ def short_form_tokens(repro: str) -> int | None:
         elif name in ("prompt", "decoded", "passage", "query", "context", "answer", "prefix", "doc", "T"):
             total += int(value)
     return total + rows * int(fields.get("new", 0))
+
+
+def minimizer_costs(scores: list[MutantScore]) -> dict:
+    """Median and worst extra property checks and seconds the minimizer spent per kill."""
+    out = {}
+    for name, values in (("checks", [s.minimize_checks for s in scores]), ("seconds", [s.minimize_seconds for s in scores])):
+        ran = sorted(v for v in values if v is not None)
+        out[f"minimizer_{name}_median"] = ran[len(ran) // 2] if ran else None
+        out[f"minimizer_{name}_worst"] = ran[-1] if ran else None
+    return out
 
 
 def markdown_table(scores: list[MutantScore]) -> str:

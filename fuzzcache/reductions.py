@@ -195,14 +195,14 @@ def trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario | Reduc
 
 
 def fewer_tokens(reqs: tuple[Request, ...]) -> Iterator[tuple[Request, ...]]:
-    """A request deleted (the last first); prompt tokens deleted; max_new_tokens lowered."""
+    """A request deleted (the last first); prompt tokens deleted; max_new_tokens lowered (to 1)."""
     for i in range(len(reqs) - 1, -1, -1):
         yield without(reqs, i)
     for i, r in enumerate(reqs):
         for prompt in fewer_items(r.prompt, 1):
             yield _put(reqs, i, prompt=prompt)
     for i, r in enumerate(reqs):
-        for n in smaller_ints(r.max_new_tokens):
+        for n in smaller_ints(r.max_new_tokens, 1):  # a request with 0 new tokens is an edge case of its own, not a smaller one
             yield _put(reqs, i, max_new_tokens=n)
 
 

@@ -6,14 +6,19 @@ the command scores the seed's fixed checks beside it, and the correct engine sur
 from __future__ import annotations
 
 import json
+import re
 
+import pytest
 from click.testing import CliRunner
 from hypothesis import settings
 
 from fuzzcache.cli import main
+from fuzzcache.contract import EngineConfig, Request
+from fuzzcache.minimize import _failure
 from fuzzcache.mutants import ZOO
-from fuzzcache.mutation_score import score_target
-from fuzzcache.properties import PROPERTIES
+from fuzzcache.mutation_score import score_target, short_form_tokens
+from fuzzcache.properties import PROPERTIES, get
+from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import resolve_target
 
 PATHS = {"kv", "batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "fused", "preemption", "surgery"}
@@ -34,9 +39,41 @@ def test_fast_subset_is_killed_at_its_documented_trigger(tmp_path):
     ci = settings.get_profile("ci")
     for spec in FAST:
         m = ZOO[spec.removeprefix("mutant:")]
-        score = score_target(spec, lambda: resolve_target(spec), m.bug, list(m.triggers), ci, budget_s=120)
+        score = score_target(spec, lambda: resolve_target(spec), ci, budget_s=120, mutant=m)
         assert score.fuzz_killed, spec
         assert score.equals_documented, f"{spec}: shrunk to {score.repro!r}, documented {m.triggers}"
+        assert score.repro_tokens <= score.documented_tokens <= score.shrunk_tokens, score
+        assert score.minimize_checks is not None and score.minimize_seconds is not None
+
+
+def trace_of(short: str) -> TraceScenario:
+    """A documented trace trigger's short form as a scenario, every token 0."""
+    requests = tuple(Request(i, (0,) * int(p), int(n), int(a or 0))
+                     for i, (p, n, a) in enumerate(re.findall(r"\[prompt=(\d+) new=(\d+)(?: at=(\d+))?\]", short)))
+    config = {k: v == "True" if v in ("True", "False") else int(v) for k, v in re.findall(r"(\w+)=(\w+)", short.rsplit("]", 1)[1])}
+    return TraceScenario(requests, EngineConfig(**config))
+
+
+TRACE_TRIGGERS = [(m.name, kind, t) for m in ZOO.values() for kind, ts in [("any", m.triggers), *m.triggers_of_kind.items()]
+                  for t in ts if t.partition(": ")[2].startswith("[")]
+
+
+@pytest.mark.parametrize("name, kind, trigger", TRACE_TRIGGERS, ids=[f"{n}:{t}" for n, _, t in TRACE_TRIGGERS])
+def test_every_documented_trace_trigger_fails_its_mutant_and_passes_the_reference(name, kind, trigger):
+    prop, _, short = trigger.partition(": ")
+    scenario = trace_of(short)
+    assert scenario.short().strip() == short  # the parse is faithful
+    found = _failure(get(prop), resolve_target(f"mutant:{name}"), scenario)
+    assert found is not None and kind in ("any", found.kind), found
+    assert _failure(get(prop), resolve_target("reference"), scenario) is None
+
+
+def test_short_form_tokens_counts_prompt_plus_generated():
+    assert short_form_tokens("engine.trace: [prompt=1 new=1] [prompt=3 new=1 at=1] block_size=1 prefix_cache=True") == 6
+    assert short_form_tokens("batch.ragged: prompts=[1, 2] new=2") == 7
+    assert short_form_tokens("kv.recompute: prompt=4 new=10 model=learned/h1kv1") == 14
+    assert short_form_tokens("surgery.bpe: prefix='a' doc='t'") == 2
+    assert short_form_tokens("surgery.rope.model: llama/linear/fp32 p=0 delta=1") == 0
 
 
 def test_mutants_command_writes_markdown_and_json(tmp_path):
