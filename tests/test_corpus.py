@@ -393,6 +393,10 @@ def test_fuzz_finds_saves_and_reports_a_planted_bug(tmp_path, planted, cli):
     assert report["target"] == planted
     (finding,) = report["properties"]["engine.trace"]["findings"]
     assert finding["kind"] == "mismatch" and finding["new"] and finding["path"] == str(saved)
+    # the minimizer ran on the finding: its cost and Hypothesis's shrunk form are in the report and the file
+    assert finding["minimized"]["capped"] is False and finding["repro"] == case.scenario.short().strip()
+    assert case.shrunk_scenario is not None and finding["shrunk"] == case.shrunk_scenario.short().strip()
+    assert f"minimizer: already minimal ({finding['minimized']['checks']} checks" in result.output  # one request, 1 + 1 tokens
 
     suite = ET.parse(tmp_path / "report" / "junit.xml").getroot()
     assert suite.get("failures") == "1"

@@ -289,3 +289,31 @@ def test_trades_add_no_feature_beside_one_the_target_runs_alone():
         assert not (s.config.spec_k and s.config.prefix_cache)
     plain = trace(((1, 2, 3), 2), ((4, 5), 1), block_size=4)
     assert any(s.config.max_batch_tokens == 1 for s in plain.reductions(target))
+
+
+def test_ctrl_c_while_minimizing_in_a_run_saves_the_finding_and_stops_the_run(tmp_path):
+    from fuzzcache import coverage
+
+    class WrongThenInterrupted(ReferenceTarget):
+        """The first token after a prompt of two or more tokens is the oracle's least likely; Ctrl-C
+        arrives at the minimizer's first check (the third call made while path counting is muted,
+        after the two confirming reruns)."""
+
+        muted_calls = 0
+
+        def generate(self, requests, config):
+            if coverage.muted:
+                self.muted_calls += 1
+                if self.muted_calls == 3:
+                    raise KeyboardInterrupt
+            out = super().generate(requests, config)
+            for r, c in zip(requests, out):
+                if c.tokens and len(r.prompt) > 1:
+                    c.tokens[0], c.logits = int(self.reference_logits(r.prompt)[-1].argmin()), None
+            return out
+
+    with pytest.raises(runner.Interrupted) as stopped:
+        runner.run_property(TRACE, WrongThenInterrupted(), "wrong", settings(max_examples=20, database=None, derandomize=True), tmp_path)
+    (saved,) = stopped.value.run.found
+    assert saved.minimized.interrupted and saved.scenario == saved.shrunk_scenario
+    assert json.loads(saved.path.read_text())["minimized"]["interrupted"] is True
