@@ -103,12 +103,14 @@ def pool_cost(s: TraceScenario) -> int:
 
 def trace_size_key(s: TraceScenario) -> tuple:
     """Smaller is simpler: total tokens (prompt plus generated, over all requests), requests,
-    then each config field toward its default or off, arrivals, token values, rid order."""
+    then each config field toward its default or off (a field at its default does not show in
+    the repro, so a smaller block is kept only when it saves tokens), arrivals, token values,
+    rid order."""
     c = s.config
     return (
         sum(len(r.prompt) + r.max_new_tokens for r in s.requests),
         len(s.requests),
-        c.block_size,
+        0 if c.block_size == DEFAULT.block_size else c.block_size,  # a default field does not show in the repro
         c.chunk_size or 0,
         c.max_batch_tokens or 0,
         c.spec_k,
@@ -144,16 +146,16 @@ def with_pool(s: TraceScenario, requests: tuple[Request, ...], config: EngineCon
 
 
 def config_variants(c: EngineConfig, target) -> Iterator[EngineConfig]:
-    """Features off, then smaller values (block size only where the target pages, down to its
-    ``min_block_size``)."""
+    """Features off and fields back to their defaults, then smaller values (block size only where
+    the target pages, down to its ``min_block_size``)."""
     off = dict(prefix_cache=False, interleave=False, chunk_size=None, max_batch_tokens=None, num_blocks=None,
-               max_num_seqs=DEFAULT.max_num_seqs, draft=DEFAULT.draft)
+               max_num_seqs=DEFAULT.max_num_seqs, draft=DEFAULT.draft, block_size=DEFAULT.block_size)
     if c.spec_k:
         yield dataclasses.replace(c, spec_k=0, draft=DEFAULT.draft)
     for name, value in off.items():
         if getattr(c, name) != value:
             yield dataclasses.replace(c, **{name: value})
-    if "paged" in getattr(target, "features", ()):
+    if "paged" in getattr(target, "features", ()) and c.block_size != DEFAULT.block_size:  # from the default: only in a trade
         for b in smaller_ints(c.block_size, max(1, getattr(target, "min_block_size", 1))):
             yield dataclasses.replace(c, block_size=b)
     for name in ("chunk_size", "max_batch_tokens", "spec_k"):

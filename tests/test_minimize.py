@@ -68,13 +68,14 @@ def test_trace_reductions_are_smaller_and_inside_the_contract(data):
 
 
 def test_block_size_is_lowered_only_where_the_target_pages_and_not_below_its_minimum():
+    assert trace(((1,), 1), block_size=4).size_key() > trace(((1,), 1)).size_key()  # the default block shows nothing
     scenario = trace(((1, 2, 3, 4, 5), 2), block_size=8)
     paged = ReferenceTarget()
     paged.min_block_size = 4
     unpaged = ReferenceTarget()
     unpaged.features = frozenset({"batching"})
-    assert {s.config.block_size for s in scenario.reductions(paged)} == {8, 4, 6, 7}
-    assert {s.config.block_size for s in scenario.reductions(unpaged)} == {8}
+    assert {s.config.block_size for s in scenario.reductions(paged)} == {8, 16, 4, 6, 7}  # 16: back to the default
+    assert {s.config.block_size for s in scenario.reductions(unpaged)} == {8, 16}
 
 
 def test_a_pool_limit_follows_what_the_requests_need():
@@ -285,7 +286,7 @@ def test_trades_add_no_feature_beside_one_the_target_runs_alone():
     target.exclusive_features = frozenset({"speculative"})
     drafts = trace(((1, 2, 3), 2), ((4, 5), 1), block_size=4, spec_k=2)
     for s in drafts.reductions(target):
-        assert s.config.max_batch_tokens is None and s.config.block_size <= 4
+        assert s.config.max_batch_tokens is None and (s.config.block_size <= 4 or s.config.block_size == 16)
         assert not (s.config.spec_k and s.config.prefix_cache)
     plain = trace(((1, 2, 3), 2), ((4, 5), 1), block_size=4)
     assert any(s.config.max_batch_tokens == 1 for s in plain.reductions(target))
