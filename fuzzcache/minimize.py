@@ -152,7 +152,7 @@ def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MA
                     capped = True
                     break
                 checks += 1
-                got = _failure(prop, target, candidate.scenario)
+                got = finding_of(prop, target, candidate.scenario)
                 if got is not None and same_failure(finding, got, want):
                     best, best_finding, rid = candidate.scenario, got, want
                     progress = True
@@ -164,7 +164,7 @@ def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MA
     return Minimized(best, best_finding, checks, time.perf_counter() - start, capped, interrupted)
 
 
-def _failure(prop, target, scenario) -> Finding | None:
+def finding_of(prop, target, scenario) -> Finding | None:
     """The finding ``scenario`` raises, or None (it passes, or is not a valid input)."""
     try:
         prop.check(target, scenario)

@@ -371,11 +371,12 @@ class StaleTableScheduler(Scheduler):
 STALE_TABLE_REQUESTS = ("[prompt=1 new=3] [prompt=1 new=3 at=1]", "[prompt=1 new=3 at=1] [prompt=1 new=3]", "[prompt=2 new=2] [prompt=1 new=3]")
 mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request keeps its freed blocks and writes into them after re-admission",
        # minimal (8 tokens, wrong tokens) by exhaustive search of two-request traces (block 1-4, arrivals 0-2, pool min to
-       # min+1 or unbounded); with the prefix cache on, engine.trace passes them and engine.same.prefix_cache fails them
+       # min+1 or unbounded; all-zero tokens for engine.same.prefix_cache); with the prefix cache on, engine.trace passes
+       # them and engine.same.prefix_cache fails them
        *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool") for reqs in STALE_TABLE_REQUESTS),
        *(f"engine.same.prefix_cache: {reqs} block_size=1 num_blocks=4 prefix_cache=True" for reqs in STALE_TABLE_REQUESTS),
-       # the NaN-logits form (a read of a freed, poisoned block: a contract breach) needs 9 tokens (the same search,
-       # token alphabets {0} and {0, 1}, and three-request traces of {0} up to 8 tokens)
+       # the NaN-logits form (a read of a freed, poisoned block: a contract breach) needs 9 tokens (the same search over
+       # all-zero tokens, and three-request traces of all-zero tokens up to 8 tokens, arrivals 0-1, pool min or unbounded)
        triggers_of_kind={"contract": tuple(
            f"engine.same.prefix_cache: {reqs} block_size=3 num_blocks=2 prefix_cache=True" for reqs in (
                "[prompt=1 new=2 at=2] [prompt=1 new=5]", "[prompt=1 new=2 at=1] [prompt=2 new=4]", "[prompt=1 new=5] [prompt=1 new=2 at=2]",

@@ -16,7 +16,7 @@ from fuzzcache import corpus, runner
 from fuzzcache.cli import main
 from fuzzcache.contract import EngineConfig, Request, validate_requests
 from fuzzcache.findings import Finding
-from fuzzcache.minimize import _failure, minimize, same_failure
+from fuzzcache.minimize import finding_of, minimize, same_failure
 from fuzzcache.mutants import ZOO
 from fuzzcache.properties import get
 from fuzzcache.reductions import fewer_items, smaller_ints, smaller_tokens
@@ -34,7 +34,7 @@ def trace(*requests: tuple, **config) -> TraceScenario:
 
 
 def failure_of(target, scenario, prop=TRACE) -> Finding:
-    found = _failure(prop, target, scenario)
+    found = finding_of(prop, target, scenario)
     assert found is not None, f"expected {scenario.short()} to fail on {target.name}"
     return found
 
@@ -155,14 +155,14 @@ def test_the_minimizer_reaches_a_documented_trigger_from_hypothesis_local_minimu
     target = resolve_target("mutant:prefix_hash_not_chained")
     result = minimize(TRACE, target, HASH_SHRUNK, failure_of(target, HASH_SHRUNK))
     assert f"engine.trace: {result.scenario.short().strip()}" in ZOO["prefix_hash_not_chained"].triggers
-    assert _failure(TRACE, resolve_target("reference"), result.scenario) is None  # the correct engine passes it
+    assert finding_of(TRACE, resolve_target("reference"), result.scenario) is None  # the correct engine passes it
 
 
 def test_the_minimizer_stops_at_its_cap():
     target = resolve_target("mutant:prefix_hash_not_chained")
     result = minimize(TRACE, target, HASH_SHRUNK, failure_of(target, HASH_SHRUNK), max_checks=3)
     assert result.checks == 3 and result.capped
-    assert _failure(TRACE, target, result.scenario) is not None
+    assert finding_of(TRACE, target, result.scenario) is not None
 
 
 def test_a_metamorphic_pair_with_its_path_off_has_nothing_to_compare():
@@ -170,7 +170,7 @@ def test_a_metamorphic_pair_with_its_path_off_has_nothing_to_compare():
     target = resolve_target("mutant:prefix_hash_not_chained")
     on = trace(((0,), 1), ((0, 0, 1), 1, 1), block_size=1, prefix_cache=True)
     assert failure_of(target, on, prop).kind == "mismatch"
-    assert _failure(prop, target, TraceScenario(on.requests, EngineConfig(block_size=1))) is None
+    assert finding_of(prop, target, TraceScenario(on.requests, EngineConfig(block_size=1))) is None
 
 
 def test_ctrl_c_while_minimizing_keeps_the_best_so_far():
@@ -188,7 +188,7 @@ def test_ctrl_c_while_minimizing_keeps_the_best_so_far():
     target = Interrupting()
     start = trace(((1, 2, 3), 1))
     result = minimize(TRACE, target, start, failure_of(target, start))
-    assert result.interrupted and _failure(TRACE, Interrupting(), result.scenario) is not None
+    assert result.interrupted and finding_of(TRACE, Interrupting(), result.scenario) is not None
 
 
 # ---- the runner and the corpus -----------------------------------------------------------------

@@ -14,7 +14,7 @@ from hypothesis import settings
 
 from fuzzcache.cli import main
 from fuzzcache.contract import EngineConfig, Request
-from fuzzcache.minimize import _failure
+from fuzzcache.minimize import finding_of
 from fuzzcache.mutants import ZOO
 from fuzzcache.mutation_score import score_target, short_form_tokens
 from fuzzcache.properties import PROPERTIES, get
@@ -63,9 +63,9 @@ def test_every_documented_trace_trigger_fails_its_mutant_and_passes_the_referenc
     prop, _, short = trigger.partition(": ")
     scenario = trace_of(short)
     assert scenario.short().strip() == short  # the parse is faithful
-    found = _failure(get(prop), resolve_target(f"mutant:{name}"), scenario)
+    found = finding_of(get(prop), resolve_target(f"mutant:{name}"), scenario)
     assert found is not None and kind in ("any", found.kind), found
-    assert _failure(get(prop), resolve_target("reference"), scenario) is None
+    assert finding_of(get(prop), resolve_target("reference"), scenario) is None
 
 
 def test_short_form_tokens_counts_prompt_plus_generated():
