@@ -370,9 +370,10 @@ class StaleTableScheduler(Scheduler):
 
 STALE_TABLE_REQUESTS = ("[prompt=1 new=3] [prompt=1 new=3 at=1]", "[prompt=1 new=3 at=1] [prompt=1 new=3]", "[prompt=2 new=2] [prompt=1 new=3]")
 mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request keeps its freed blocks and writes into them after re-admission",
-       # minimal (8 tokens, wrong tokens) by exhaustive search of two-request traces (block 1-4, arrivals 0-2, pool min to
-       # min+1 or unbounded; all-zero tokens for engine.same.prefix_cache); with the prefix cache on, engine.trace passes
-       # them and engine.same.prefix_cache fails them
+       # minimal (8 tokens, wrong tokens): engine.trace / engine.same.pool by exhaustive search of two-request traces up to
+       # 8 tokens (block 1-2, pool min to min+1); engine.same.prefix_cache by exhaustive search of two-request all-zero
+       # traces (block 1-4, arrivals 0-2, pool min, min+1 or unbounded): with the prefix cache on, engine.trace passes
+       # these traces and engine.same.prefix_cache fails them
        *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool") for reqs in STALE_TABLE_REQUESTS),
        *(f"engine.same.prefix_cache: {reqs} block_size=1 num_blocks=4 prefix_cache=True" for reqs in STALE_TABLE_REQUESTS),
        # the NaN-logits form (a read of a freed, poisoned block: a contract breach) needs 9 tokens (the same search over
