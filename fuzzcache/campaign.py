@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fuzzcache.properties import Property
 from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
+from fuzzcache.scenario import short_form
 
 
 
@@ -142,16 +143,14 @@ def print_report(result: CampaignResult, console: Console) -> None:
                           f"    saved: {s.path}{'' if s.new else ' (already in corpus' + (f', triaged: {s.triage}' if s.triage else '') + ')'}", markup=False, highlight=False)
 
 
-def short_form(scenario) -> str:
-    return scenario.short().strip() if hasattr(scenario, "short") else str(scenario)
-
-
 def minimized_note(saved: Saved) -> str:
     """How the minimizer changed Hypothesis's shrunk repro, and what it cost."""
     m = saved.minimized
     if m is None:
         return ""
     cost = f"{m.checks} checks, {m.seconds:.1f}s{', capped' if m.capped else ''}{', interrupted' if m.interrupted else ''}"
+    if m.note:
+        return f"\n    minimizer: {m.note} ({cost})"
     if saved.scenario == saved.shrunk_scenario:
         return f"\n    minimizer: already minimal ({cost})"
     return f"\n    minimizer: from {short_form(saved.shrunk_scenario)} ({cost})"

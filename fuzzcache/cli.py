@@ -122,19 +122,21 @@ def replay(paths, target_spec) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", "target_spec", default=None, help="minimize against this target instead of the one each file names")
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(path_type=Path), help="where minimized files go (default: the corpus folder each file is in)")
-@click.option("--max-checks", default=None, type=int, help="property checks per file (default: the minimizer's cap)")
-@click.option("--keep-original", is_flag=True, help="keep the input file beside the minimized one (default: the minimized file replaces it, holding its scenario as shrunk_scenario)")
+@click.option("--max-checks", default=None, type=click.IntRange(min=1), help="property checks per file (default: the minimizer's cap, 400)")
+@click.option("--keep-original", is_flag=True, help="keep the input file beside the minimized one (default: a new minimized file replaces it, holding its scenario as shrunk_scenario)")
 def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
     """Minimize corpus files (older versions', a long nightly run's, hand-written ones): each
     still-failing case is reduced by its structure and saved as a new, content-addressed file
-    holding the old scenario as shrunk_scenario. Exit 1 if a file could not be read."""
+    holding the old scenario as shrunk_scenario (and its triage). The input is removed only when
+    that new file was written for it, never with --target (the input belongs to another target).
+    Ctrl-C saves the best so far and stops. Exit 1 if a file could not be read."""
     from fuzzcache import corpus
-    from fuzzcache.campaign import short_form
-    from fuzzcache.minimize import MAX_CHECKS
-    from fuzzcache.properties import get
     from fuzzcache.findings import Finding
     from fuzzcache.guard import Unsupported
+    from fuzzcache.minimize import MAX_CHECKS
+    from fuzzcache.properties import get
     from fuzzcache.runner import checked, minimize_found, target_options
+    from fuzzcache.scenario import short_form
 
     try:
         files = iter_files(paths)
@@ -161,17 +163,21 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
             continue
         except Finding as finding:
             scenario, found, result = minimize_found(prop, target, case.scenario, finding, max_checks or MAX_CHECKS)
-        stats = f"{result.checks} checks, {result.seconds:.1f}s{', capped' if result.capped else ''}"
+        stats = f"{result.checks} checks, {result.seconds:.1f}s{', capped' if result.capped else ''}{', interrupted' if result.interrupted else ''}"
         if scenario == case.scenario:
-            click.echo(f"minimal {path}: {short_form(scenario)} ({stats})")
-            continue
-        root = corpus_dir or _corpus_root(path, case)
-        spec, options = (target_spec, target_options(target)) if override else (case.target, case.target_options)
-        new_path, new = corpus.save(root, spec, case.property, scenario, found, options,
-                                    shrunk_scenario=case.shrunk_scenario or case.scenario, minimized=result.record(), triage=case.triage)
-        if not keep_original and new_path.resolve() != path.resolve():
-            path.unlink()  # its scenario lives on in the minimized file's shrunk_scenario
-        click.echo(f"reduced {path}: {short_form(case.scenario)} -> {short_form(scenario)} ({stats})\n        -> {new_path}{'' if new else ' (already there)'}")
+            click.echo(f"minimal {path}: {short_form(scenario)} ({result.note or 'no smaller form fails the same way'}; {stats})")
+        else:
+            spec, options, triage = (target_spec, target_options(target), None) if override else (case.target, case.target_options, case.triage)
+            new_path, new = corpus.save(corpus_dir or _corpus_root(path, case), spec, case.property, scenario, found, options,
+                                        shrunk_scenario=case.shrunk_scenario or case.scenario, minimized=result.record(), triage=triage)
+            if new and not keep_original and not override:
+                path.unlink()  # its scenario lives on in the new file's shrunk_scenario, its triage beside it
+            kept = "" if new and not keep_original and not override else "; input kept"
+            click.echo(f"reduced {path}: {short_form(case.scenario)} -> {short_form(scenario)} ({stats})\n"
+                       f"        -> {new_path}{'' if new else ' (already there)'}{kept}")
+        if result.interrupted:
+            click.echo("interrupted: stopped after this file")
+            sys.exit(130)
     sys.exit(1 if bad else 0)
 
 

@@ -60,6 +60,23 @@ def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, ta
     return Path(corpus_dir) / target / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
 
 
+def find(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path | None:
+    """The corpus file that holds ``scenario`` as its repro (its content-addressed path) or as
+    its Hypothesis-shrunk form (a minimized file of the same finding), if any."""
+    path = case_path(Path(corpus_dir), target, property_id, scenario, target_options)
+    if path.exists():
+        return path
+    want, options = to_jsonable(scenario), target_options or {}
+    for other in sorted(path.parent.glob("crash-*.json")):
+        try:
+            record = json.loads(other.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # `fuzzcache replay` names the broken file
+        if isinstance(record, dict) and record.get("shrunk_scenario") == want and (record.get("target_options") or {}) == options:
+            return other
+    return None
+
+
 def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding, target_options: dict | None = None,
          shrunk_scenario: Any = None, minimized: dict | None = None, triage: dict | None = None) -> tuple[Path, bool]:
     """Write the repro (``scenario``; replay runs it), with Hypothesis's ``shrunk_scenario`` and

@@ -17,11 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from hypothesis.errors import UnsatisfiedAssumption
-
 from fuzzcache import coverage
 from fuzzcache.findings import Finding
-from fuzzcache.guard import Unsupported
 
 MAX_CHECKS = 400  # property checks (each one or two target calls plus the oracle) per finding
 MAX_SECONDS = 120.0  # wall-clock per finding, whatever the checks cost
@@ -44,10 +41,12 @@ class Minimized:
     seconds: float
     capped: bool  # stopped at the cap, not at a fixed point
     interrupted: bool = False  # Ctrl-C: the best so far is returned, the caller re-raises
+    note: str = ""  # why the repro is not the minimizer's form, when it is not
 
     def record(self) -> dict:
         """What the corpus file keeps about this pass."""
-        return {"checks": self.checks, "seconds": round(self.seconds, 2), "capped": self.capped, "interrupted": self.interrupted}
+        record = {"checks": self.checks, "seconds": round(self.seconds, 2), "capped": self.capped, "interrupted": self.interrupted}
+        return record | ({"note": self.note} if self.note else {})
 
 
 def crash_site(finding: Finding) -> tuple[str, str] | None:
@@ -69,11 +68,14 @@ def request_of(finding: Finding) -> int | None:
 
 def same_failure(original: Finding, candidate: Finding, rid: int | None) -> bool:
     """The candidate fails the way the original did: the same kind; a mismatch or contract breach
-    on the same request (``rid``, already mapped to the candidate's ids); a crash at the same
-    place with the same exception type."""
+    on the same request (``rid``, already mapped to the candidate's ids) and of the same sort
+    (``what``: a wrong token, logits, a metamorphic difference); a crash at the same place with
+    the same exception type."""
     if candidate.kind != original.kind:
         return False
     if rid is not None and request_of(candidate) != rid:
+        return False
+    if original.details.get("what") != candidate.details.get("what"):
         return False
     if original.kind == "crash":
         return crash_site(original) == crash_site(candidate)
@@ -135,7 +137,8 @@ def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MA
     checks = 0
     capped = interrupted = False
     if finding.kind == "nondeterministic":  # it does not fail reliably: nothing to hold a candidate to
-        return Minimized(best, best_finding, 0, 0.0, False)
+        return Minimized(best, best_finding, 0, 0.0, False, note="not minimized: the target disagrees with itself")
+    tried: set = set()  # (candidate, request): a deterministic target answers the same again
     coverage.muted = True
     try:
         progress = True
@@ -148,9 +151,12 @@ def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MA
                 want = rid if candidate.renamed is None or rid is None else candidate.renamed.get(rid)
                 if rid is not None and (want is None or want not in request_ids(candidate.scenario, want)):
                     continue  # the failing request was deleted
+                if (candidate.scenario, want) in tried:
+                    continue
                 if checks >= max_checks or time.perf_counter() - start > max_seconds:
                     capped = True
                     break
+                tried.add((candidate.scenario, want))
                 checks += 1
                 got = finding_of(prop, target, candidate.scenario)
                 if got is not None and same_failure(finding, got, want):
@@ -170,6 +176,6 @@ def finding_of(prop, target, scenario) -> Finding | None:
         prop.check(target, scenario)
     except Finding as f:
         return f
-    except (Unsupported, UnsatisfiedAssumption, ValueError, TypeError, IndexError, AssertionError):
-        return None  # the target refused the config, or the candidate broke the scenario's invariants
+    except Exception:  # noqa: BLE001 - a target's own errors come as Findings; this is Unsupported (a refused
+        return None  # config), hypothesis' UnsatisfiedAssumption, or a candidate outside the property's assumptions
     return None

@@ -16,7 +16,7 @@ from hypothesis import settings as Settings
 
 from fuzzcache.mutants import Mutant
 from fuzzcache.properties import PROPERTIES, Property
-from fuzzcache.campaign import short_form
+from fuzzcache.scenario import short_form
 from fuzzcache.runner import run_property
 
 

@@ -23,11 +23,9 @@ def fewer_items(items: tuple, min_len: int = 0) -> Iterator[tuple]:
     if n <= min_len:
         return
     half = n // 2
-    if half >= 1 and n - half >= min_len:
-        yield items[half:]
-        yield items[:half]
-    for i in dict.fromkeys([n - 1, 0, *range(1, n - 1)]):
-        yield items[:i] + items[i + 1 :]
+    halves = [items[half:], items[:half]] if min(half, n - half) >= max(1, min_len) else []
+    singles = [items[:i] + items[i + 1 :] for i in dict.fromkeys([n - 1, 0, *range(1, n - 1)])]
+    yield from dict.fromkeys(halves + singles)
 
 
 def smaller_ints(value: int, low: int = 0) -> Iterator[int]:
@@ -209,7 +207,7 @@ def fewer_tokens(reqs: tuple[Request, ...]) -> Iterator[tuple[Request, ...]]:
 
 
 def features_in_use(c: EngineConfig) -> frozenset[str]:
-    """The features a config exercises (besides batching, which every multi-request trace does)."""
+    """The features a config exercises beyond the defaults."""
     used = {"speculative": c.spec_k > 0, "prefix_cache": c.prefix_cache, "interleave": c.interleave,
             "chunked_prefill": c.chunk_size is not None or c.max_batch_tokens is not None,
             "paged": c.block_size != DEFAULT.block_size or c.num_blocks is not None, "preemption": c.num_blocks is not None}
@@ -218,18 +216,17 @@ def features_in_use(c: EngineConfig) -> frozenset[str]:
 
 def traded(reqs: tuple[Request, ...], config: EngineConfig, target) -> Iterator[tuple[tuple[Request, ...], EngineConfig]]:
     """What a deleted token may have given the trace, given back another way: one request
-    arriving a step later, or (where the target has the feature) a token budget of 1 per step,
-    one running request at a time, or smaller blocks (so fewer tokens fill as many)."""
+    arriving a step later; or, with knobs the config already uses (a trade never turns on a
+    path the failure did not take), a token budget of 1 per step, one running request at a
+    time, smaller blocks (so fewer tokens fill as many)."""
     for i, r in enumerate(reqs):
         yield _put(reqs, i, arrival=r.arrival + 1), config
-    features = frozenset(getattr(target, "features", ()))
-    if frozenset(getattr(target, "exclusive_features", ())) & features_in_use(config):
-        features &= {"batching"}  # a feature the target runs alone is in use: add no other
-    if "chunked_prefill" in features and config.max_batch_tokens != 1:
+    used = features_in_use(config)
+    if "chunked_prefill" in used and config.max_batch_tokens != 1:
         yield reqs, dataclasses.replace(config, max_batch_tokens=1)
-    if "batching" in features and config.max_num_seqs != 1:
+    if 1 < config.max_num_seqs != DEFAULT.max_num_seqs:
         yield reqs, dataclasses.replace(config, max_num_seqs=1)
-    if "paged" in features:
+    if "paged" in used and "paged" in getattr(target, "features", ()):
         for b in smaller_ints(config.block_size, max(1, getattr(target, "min_block_size", 1))):
             yield reqs, dataclasses.replace(config, block_size=b)
 

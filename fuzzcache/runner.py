@@ -174,30 +174,56 @@ def target_options(target) -> dict:
 
 def minimize_found(prop: Property, target, scenario, finding: Finding, max_checks: int = MAX_CHECKS) -> tuple[Any, Finding, Minimized]:
     """The minimizer on a confirmed failure: (repro, its finding, the pass). The repro is the
-    minimized scenario, or ``scenario`` when nothing smaller fails the same way every time."""
+    minimized scenario when it fails the same way on every confirming run (after Ctrl-C, the
+    best so far, unconfirmed), else ``scenario``."""
     result = minimize(prop, target, scenario, finding, max_checks)
-    if result.scenario != scenario:
+    if result.scenario == scenario:
+        return scenario, finding, result
+    if result.interrupted:  # no more target calls on the way out
+        return result.scenario, result.finding, result
+    try:
         again = confirmed(prop, target, result.scenario, result.finding)
-        if again.kind != "nondeterministic":  # else keep the input, which fails every time
-            return result.scenario, again, result
-    return scenario, finding, result
+    except KeyboardInterrupt:
+        result.interrupted, result.note = True, "interrupted while confirming the minimized form; Hypothesis's shrunk form kept"
+        return scenario, finding, result
+    if again.kind == "nondeterministic":
+        result.note = "the minimized form did not fail on every confirming run; Hypothesis's shrunk form kept"
+        return scenario, finding, result
+    return result.scenario, again, result
 
 
 def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Finding, target=None, reduce: bool = True) -> Saved:
-    """Confirm the failure, minimize it (unless its shrunk form is already in the corpus, or
-    ``reduce`` is off), and save the repro with Hypothesis's shrunk scenario beside it."""
+    """Confirm the failure, minimize it (unless the corpus already holds it, as a repro or as a
+    repro's shrunk form, or ``reduce`` is off), and save the repro with Hypothesis's shrunk
+    scenario beside it. A minimizer that fails or is interrupted leaves the shrunk form to save."""
     finding = confirmed(prop, target, scenario, finding)
     options = target_options(target)
-    known = corpus_dir is not None and corpus.case_path(Path(corpus_dir), target_spec, prop.id, scenario, options).exists()
+    existing = corpus.find(corpus_dir, target_spec, prop.id, scenario, options) if corpus_dir is not None else None
+    if existing is not None:
+        return _already_saved(prop, existing, scenario, finding)
     shrunk, result = scenario, None
-    if reduce and not known:
-        scenario, finding, result = minimize_found(prop, target, scenario, finding)
+    if reduce:
+        try:
+            scenario, finding, result = minimize_found(prop, target, shrunk, finding)
+        except Exception as exc:  # noqa: BLE001 - a bug of the minimizer must not lose the confirmed shrunk form
+            result = Minimized(shrunk, finding, 0, 0.0, False, note=f"minimizer failed ({type(exc).__name__}: {exc}); Hypothesis's shrunk form kept")
     path, new = (None, True)
     if corpus_dir is not None:
         path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, options,
                                 shrunk_scenario=shrunk if result else None, minimized=result.record() if result else None)
     triage = None if new or path is None else _classification(path)
     return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result)
+
+
+def _already_saved(prop: Property, path: Path, shrunk, finding: Finding) -> Saved:
+    """A finding the corpus holds at ``path``: its repro and triage as saved there."""
+    try:
+        case = corpus.load(path)
+    except corpus.CorpusError:
+        case = None  # `fuzzcache replay` names the broken file
+    repro = case.scenario if case else shrunk
+    triage = (case.triage or {}).get("classification") if case else None
+    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk)
 
 
 def _classification(path: Path) -> str | None:

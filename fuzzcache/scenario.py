@@ -43,6 +43,11 @@ class TraceScenario:
                 yield candidate
 
 
+def short_form(scenario: Any) -> str:
+    """A scenario's one-line repro form (``short()``), for reports."""
+    return scenario.short().strip() if hasattr(scenario, "short") else str(scenario)
+
+
 def to_jsonable(obj: Any) -> Any:
     """Dataclasses to dicts, tuples to lists, recursively."""
     if dataclasses.is_dataclass(obj):

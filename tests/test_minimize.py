@@ -46,6 +46,8 @@ def test_fewer_items_tries_halves_then_each_position_from_the_ends():
     assert list(fewer_items((1, 2, 3, 4), 1)) == [(3, 4), (1, 2), (1, 2, 3), (2, 3, 4), (1, 3, 4), (1, 2, 4)]
     assert list(fewer_items((7,), 1)) == []
     assert list(fewer_items((7,), 0)) == [()]
+    assert list(fewer_items((1, 2), 1)) == [(2,), (1,)]  # the halves are the single deletions: each once
+    assert list(fewer_items((1, 2, 3), 2)) == [(1, 2), (2, 3), (1, 3)]  # no half below the minimum length
 
 
 def test_smaller_ints_and_tokens_go_lowest_first():
@@ -188,7 +190,8 @@ def test_ctrl_c_while_minimizing_keeps_the_best_so_far():
     target = Interrupting()
     start = trace(((1, 2, 3), 1))
     result = minimize(TRACE, target, start, failure_of(target, start))
-    assert result.interrupted and finding_of(TRACE, Interrupting(), result.scenario) is not None
+    # calls: the first failure, then (2, 3) and (3,) accepted; Ctrl-C at the next check
+    assert result.interrupted and result.scenario == trace(((3,), 1)) and result.checks == 3
 
 
 # ---- the runner and the corpus -----------------------------------------------------------------
@@ -220,10 +223,49 @@ def test_a_saved_finding_keeps_both_forms_and_replay_runs_the_minimized_one(tmp_
 def test_a_shrunk_form_already_in_the_corpus_is_not_minimized_again(tmp_path, monkeypatch):
     spec = "mutant:prefix_hash_not_chained"
     target = resolve_target(spec)
-    old, _ = corpus.save(tmp_path, spec, TRACE.id, HASH_SHRUNK, failure_of(target, HASH_SHRUNK))  # an older version's file
+    old, _ = corpus.save(tmp_path / "old", spec, TRACE.id, HASH_SHRUNK, failure_of(target, HASH_SHRUNK))  # an older version's file
+    minimized = runner._save(TRACE, spec, tmp_path / "new", HASH_SHRUNK, failure_of(target, HASH_SHRUNK), target=target)
     monkeypatch.setattr(runner, "minimize", lambda *a, **kw: pytest.fail("minimized a case the corpus holds"))
-    saved = runner._save(TRACE, spec, tmp_path, HASH_SHRUNK, failure_of(target, HASH_SHRUNK), target=target)
-    assert saved.path == old and not saved.new and saved.minimized is None
+    for folder, path in ((tmp_path / "old", old), (tmp_path / "new", minimized.path)):  # as the repro; as a repro's shrunk form
+        again = runner._save(TRACE, spec, folder, HASH_SHRUNK, failure_of(target, HASH_SHRUNK), target=target)
+        assert again.path == path and not again.new and again.minimized is None
+        assert again.scenario == corpus.load(path).scenario and again.shrunk_scenario == HASH_SHRUNK
+    assert minimized.scenario != HASH_SHRUNK
+
+
+class WrongFirstToken(ReferenceTarget):
+    """Every first token is the oracle's least likely; Ctrl-C arrives at call ``stop_at`` made while
+    path counting is muted (confirming reruns and minimizer checks)."""
+
+    def __init__(self, stop_at: int | None = None):
+        super().__init__(name="wrong-first-token")
+        self.stop_at, self.muted_calls = stop_at, 0
+
+    def generate(self, requests, config):
+        from fuzzcache import coverage
+
+        if coverage.muted:
+            self.muted_calls += 1
+            if self.muted_calls == self.stop_at:
+                raise KeyboardInterrupt
+        out = super().generate(requests, config)
+        for r, c in zip(requests, out):
+            if c.tokens:
+                c.tokens[0], c.logits = int(self.reference_logits(r.prompt)[-1].argmin()), None
+        return out
+
+
+def test_ctrl_c_after_reductions_saves_the_best_so_far_and_a_minimizer_error_the_shrunk_form(tmp_path, monkeypatch):
+    start = trace(((1, 2, 3), 1))
+    # muted calls: two confirming reruns, then (2, 3) and (3,) accepted; Ctrl-C at the next check
+    target = WrongFirstToken(stop_at=5)
+    saved = runner._save(TRACE, "wrong", tmp_path, start, failure_of(WrongFirstToken(), start), target=target)
+    assert saved.minimized.interrupted and saved.scenario == trace(((3,), 1)) and saved.shrunk_scenario == start
+    assert corpus.load(saved.path).scenario == trace(((3,), 1))
+    monkeypatch.setattr(runner, "minimize", lambda *a, **kw: 1 / 0)
+    saved = runner._save(TRACE, "wrong", tmp_path / "broken", start, failure_of(WrongFirstToken(), start), target=WrongFirstToken())
+    assert saved.new and saved.scenario == start and "minimizer failed (ZeroDivisionError" in saved.minimized.note
+    assert "minimizer failed" in json.loads(saved.path.read_text())["minimized"]["note"]
 
 
 def test_an_old_corpus_file_without_the_new_fields_still_loads(tmp_path):
@@ -281,15 +323,15 @@ def test_minimize_command_keeps_the_original_on_request_and_reports_passing_and_
 
 
 
-def test_trades_add_no_feature_beside_one_the_target_runs_alone():
-    target = ReferenceTarget()
-    target.exclusive_features = frozenset({"speculative"})
-    drafts = trace(((1, 2, 3), 2), ((4, 5), 1), block_size=4, spec_k=2)
-    for s in drafts.reductions(target):
-        assert s.config.max_batch_tokens is None and (s.config.block_size <= 4 or s.config.block_size == 16)
-        assert not (s.config.spec_k and s.config.prefix_cache)
-    plain = trace(((1, 2, 3), 2), ((4, 5), 1), block_size=4)
-    assert any(s.config.max_batch_tokens == 1 for s in plain.reductions(target))
+def test_trades_never_turn_on_a_path_the_failure_did_not_take():
+    target = resolve_target("reference")
+    plain = trace(((1, 2, 3), 2), ((4, 5), 1))
+    for s in plain.reductions(target):
+        c = s.config
+        assert (c.max_batch_tokens, c.chunk_size, c.max_num_seqs, c.block_size, c.num_blocks) == (None, None, 8, 16, None), s.short()
+    chunked = trace(((1, 2, 3), 2), ((4, 5), 1), block_size=2, chunk_size=2, max_num_seqs=2)
+    made = {(s.config.max_batch_tokens, s.config.max_num_seqs) for s in chunked.reductions(target) if len(s.requests) == 2}
+    assert (1, 2) in made and (None, 1) in made  # a budget and a batch limit, where the config already uses them
 
 
 def test_ctrl_c_while_minimizing_in_a_run_saves_the_finding_and_stops_the_run(tmp_path):
@@ -318,3 +360,64 @@ def test_ctrl_c_while_minimizing_in_a_run_saves_the_finding_and_stops_the_run(tm
     (saved,) = stopped.value.run.found
     assert saved.minimized.interrupted and saved.scenario == saved.shrunk_scenario
     assert json.loads(saved.path.read_text())["minimized"]["interrupted"] is True
+
+
+class TokenOrLogits(ReferenceTarget):
+    """Two planted bugs on the same request, both mismatches: a prompt starting with 5 gets a wrong
+    first token (bug 1); an all-zero prompt gets its first logits row off by 1 (bug 2, tokens right)."""
+
+    def generate(self, requests, config):
+        out = super().generate(requests, config)
+        for r, c in zip(requests, out):
+            if r.prompt[0] == 5 and c.tokens:
+                c.tokens[0], c.logits = int(self.reference_logits(r.prompt)[-1].argmin()), None
+            elif not any(r.prompt) and c.logits is not None:
+                c.logits = c.logits.clone()
+                c.logits[0, 0] += 1.0
+        return out
+
+
+def test_a_mismatch_of_another_sort_on_the_same_request_is_another_bug():
+    target = TokenOrLogits()
+    start = trace(((5, 0, 0), 2))
+    original = failure_of(target, start)
+    other = failure_of(target, trace(((0, 0, 0), 2)))  # one reduction away (token values to 0)
+    assert (original.details["what"], other.details["what"]) == ("token", "logits") and other.details["rid"] == 0
+    assert not same_failure(original, other, 0)
+    result = minimize(TRACE, target, start, original)
+    assert result.scenario.requests[0].prompt[0] == 5 and result.finding.details["what"] == "token"
+
+
+def interrupted_at_first_check():
+    """For ``fuzzcache minimize``: Ctrl-C at the minimizer's first check (after the two confirming reruns)."""
+    return WrongFirstToken(stop_at=3)
+
+
+def test_minimize_command_never_deletes_an_input_whose_content_is_kept_nowhere(tmp_path):
+    spec = "mutant:prefix_hash_not_chained"
+    target = resolve_target(spec)
+    first, _ = corpus.save(tmp_path, spec, TRACE.id, HASH_SHRUNK, failure_of(target, HASH_SHRUNK))
+    assert invoke("minimize", first).exit_code == 0 and not first.exists()
+    # another shrunk form of the same bug, with a triage of its own: it minimizes to the file just written
+    other = TraceScenario(HASH_SHRUNK.requests + (Request(2, (7,), 1, 3),), HASH_SHRUNK.config)
+    second, _ = corpus.save(tmp_path, spec, TRACE.id, other, failure_of(target, other),
+                            triage={"classification": "by-design", "writeup": "only here"})
+    result = invoke("minimize", second)
+    assert result.exit_code == 0 and "(already there); input kept" in result.output and second.exists()
+    # with --target the input belongs to another target: kept, and its triage is not copied
+    third, _ = corpus.save(tmp_path / "t", "mutant:prefix_weak_hash_no_token_check", TRACE.id, other, failure_of(target, other),
+                           triage={"classification": "by-design", "writeup": "about the weak hash"})
+    result = invoke("minimize", "--target", spec, third)
+    assert result.exit_code == 0 and "input kept" in result.output and third.exists()
+    (made,) = corpus.iter_files([tmp_path / "t" / spec])
+    assert corpus.load(made).triage is None and corpus.load(made).target == spec
+
+
+def test_minimize_command_stops_at_ctrl_c(tmp_path):
+    spec = "test_minimize:interrupted_at_first_check"
+    start = trace(((1, 2, 3), 1))
+    a, _ = corpus.save(tmp_path, spec, TRACE.id, start, failure_of(WrongFirstToken(), start))
+    b, _ = corpus.save(tmp_path, spec, TRACE.id, trace(((1, 2), 1)), failure_of(WrongFirstToken(), trace(((1, 2), 1))))
+    result = invoke("minimize", a, b)
+    assert result.exit_code == 130 and result.output.count("interrupted") >= 1
+    assert result.output.count(" checks, ") == 1 and a.exists() and b.exists()  # the first file only, nothing deleted
