@@ -81,6 +81,22 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
     sys.exit(1 if result.new_findings else 0)
 
 
+def corpus_cases(paths, target_spec: str | None):
+    """(path, case, target) for each corpus file under ``paths``, the target the file names or
+    ``target_spec``; (path, None, error) for a file that cannot be used."""
+    try:
+        files = iter_files(paths)
+    except CorpusError as exc:
+        fail(str(exc))
+    override = target_or_fail(target_spec) if target_spec else None
+    for path in files:
+        try:
+            case = load(path)
+            yield path, case, override or resolve_target(case.target, **case.target_options)
+        except (CorpusError, UnknownTarget) as exc:
+            yield path, None, exc
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", "target_spec", default=None, help="replay against this target instead of the one each file names")
@@ -88,18 +104,11 @@ def replay(paths, target_spec) -> None:
     """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does."""
     from fuzzcache.runner import replay as replay_case
 
-    try:
-        files = iter_files(paths)
-    except CorpusError as exc:
-        fail(str(exc))
-    override = target_or_fail(target_spec) if target_spec else None
-    still, bad, known = 0, 0, 0
-    for path in files:
-        try:
-            case = load(path)
-            target = override or resolve_target(case.target, **case.target_options)
-        except (CorpusError, UnknownTarget) as exc:
-            click.echo(f"ERROR  {path}: {exc}")
+    still, bad, known, files = 0, 0, 0, 0
+    for path, case, target in corpus_cases(paths, target_spec):
+        files += 1
+        if case is None:
+            click.echo(f"ERROR  {path}: {target}")
             bad += 1
             continue
         finding = replay_case(case, target)
@@ -114,7 +123,7 @@ def replay(paths, target_spec) -> None:
         else:
             still += 1
             click.echo(f"FAILS  {path}: {finding}")
-    click.echo(f"{len(files)} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {len(files) - still - bad - known} fixed")
+    click.echo(f"{files} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {files - still - bad - known} fixed")
     sys.exit(1 if still or bad else 0)
 
 
@@ -138,18 +147,10 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
     from fuzzcache.runner import checked, minimize_found, target_options
     from fuzzcache.scenario import short_form
 
-    try:
-        files = iter_files(paths)
-    except CorpusError as exc:
-        fail(str(exc))
-    override = target_or_fail(target_spec) if target_spec else None
     bad = 0
-    for path in files:
-        try:
-            case = load(path)
-            target = override or resolve_target(case.target, **case.target_options)
-        except (CorpusError, UnknownTarget) as exc:
-            click.echo(f"ERROR  {path}: {exc}")
+    for path, case, target in corpus_cases(paths, target_spec):
+        if case is None:
+            click.echo(f"ERROR  {path}: {target}")
             bad += 1
             continue
         prop = get(case.property)
@@ -167,12 +168,12 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
         if scenario == case.scenario:
             click.echo(f"minimal {path}: {short_form(scenario)} ({result.note or 'no smaller form fails the same way'}; {stats})")
         else:
-            spec, options, triage = (target_spec, target_options(target), None) if override else (case.target, case.target_options, case.triage)
+            spec, options, triage = (target_spec, target_options(target), None) if target_spec else (case.target, case.target_options, case.triage)
             new_path, new = corpus.save(corpus_dir or _corpus_root(path, case), spec, case.property, scenario, found, options,
                                         shrunk_scenario=case.shrunk_scenario or case.scenario, minimized=result.record(), triage=triage)
-            if new and not keep_original and not override:
+            if new and not keep_original and not target_spec:
                 path.unlink()  # its scenario lives on in the new file's shrunk_scenario, its triage beside it
-            kept = "" if new and not keep_original and not override else "; input kept"
+            kept = "" if new and not keep_original and not target_spec else "; input kept"
             click.echo(f"reduced {path}: {short_form(case.scenario)} -> {short_form(scenario)} ({stats})\n"
                        f"        -> {new_path}{'' if new else ' (already there)'}{kept}")
         if result.interrupted:
