@@ -34,10 +34,15 @@ class PropertyTotals:
     def add(self, run: PropertyRun) -> None:
         self.examples += run.examples
         self.seconds += run.seconds
-        self.found += run.found
+        self.found += [s for s in run.found if s.path is None or s.path not in {f.path for f in self.found}]
         self.paths.update(run.paths)
         if run.error:
             self.errors.append(run.error)
+
+    @property
+    def known(self) -> set:
+        """Signatures of the failures found so far: a keep-going run passes over them."""
+        return {sig for s in self.found for sig in s.signatures}
 
 
 @dataclass
@@ -69,7 +74,7 @@ def parse_budget(text: str) -> float:
 
 def progress_table(target: str, totals: dict[str, PropertyTotals], elapsed: float, budget: float) -> Table:
     table = Table(title=f"fuzzcache fuzz --target {target}   {elapsed:.0f}s / {budget:.0f}s")
-    for col in ("property", "examples", "examples/s", "failures"):
+    for col in ("property", "examples", "examples/s", "distinct failures"):
         table.add_column(col, justify="left" if col == "property" else "right")
     for t in totals.values():
         rate = t.examples / t.seconds if t.seconds else 0.0
@@ -89,7 +94,10 @@ def run_campaign(
 ) -> CampaignResult:
     """Fuzz until the budget is spent. Each cycle gives every property one continuous
     Hypothesis run (up to the profile's max_examples) in an equal share of the remaining
-    time; cycles repeat with fresh seeds. A property that found a failure is done."""
+    time; cycles repeat with fresh seeds. Keep going: after a finding a property searches on,
+    passing over failures with a signature it already found (one file per distinct failure;
+    one already in the corpus, triaged or not, is reported and passed over too). A property
+    whose run could not complete is done."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
     database = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir else base_settings.database
     start = time.monotonic()
@@ -106,9 +114,10 @@ def run_campaign(
                     if remaining <= 0:
                         break
                     stop_at = time.monotonic() + remaining / (len(cycle) - i)
-                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=lambda: live.update(live_table()), stop_at=stop_at)
+                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=lambda: live.update(live_table()),
+                                       stop_at=stop_at, known=totals[prop.id].known)
                     totals[prop.id].add(run)
-                    if run.found or run.error:
+                    if run.error:
                         active.remove(prop)
                     live.update(live_table())
         except KeyboardInterrupt as exc:
@@ -124,7 +133,7 @@ def print_report(result: CampaignResult, console: Console) -> None:
     for col in ("property", "examples", "examples/s", "result"):
         table.add_column(col)
     for t in result.totals.values():
-        status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} finding(s)" if t.found else "ok")
+        status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} distinct failure(s)" if t.found else "ok")
         table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status)
     console.print(table)
     console.print("[bold]paths reached[/] (examples that reached each path; a path missing here was never exercised)")
@@ -169,6 +178,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
                 "seconds": round(t.seconds, 2),
                 "paths": dict(t.paths),
                 "errors": t.errors,
+                "distinct_failures": len(t.found),
                 "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new,
                               "repro": short_form(s.scenario), "shrunk": short_form(s.shrunk_scenario),
                               "minimized": s.minimized.record() if s.minimized else None} for s in t.found],

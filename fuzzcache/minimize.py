@@ -12,13 +12,12 @@ with respect to the set) or the cap on checks is reached.
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from fuzzcache import coverage
-from fuzzcache.findings import Finding
+from fuzzcache.findings import Finding, crash_site
 
 MAX_CHECKS = 400  # property checks (each one or two target calls plus the oracle) per finding
 MAX_SECONDS = 120.0  # wall-clock per finding, whatever the checks cost
@@ -47,16 +46,6 @@ class Minimized:
         """What the corpus file keeps about this pass."""
         record = {"checks": self.checks, "seconds": round(self.seconds, 2), "capped": self.capped, "interrupted": self.interrupted}
         return record | ({"note": self.note} if self.note else {})
-
-
-def crash_site(finding: Finding) -> tuple[str, str] | None:
-    """(innermost 'File ..., line ...' frame, exception type) of a crash's traceback."""
-    tb = finding.details.get("traceback")
-    if not tb:
-        return None
-    frames = re.findall(r'File "[^"]+", line \d+, in \S+', tb)
-    last = tb.strip().splitlines()[-1].split(":", 1)[0] if tb.strip() else ""
-    return (frames[-1] if frames else "", last)
 
 
 def request_of(finding: Finding) -> int | None:

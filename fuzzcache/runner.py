@@ -16,7 +16,8 @@ import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings as Settings
 
 from fuzzcache import corpus, coverage
-from fuzzcache.findings import Finding
+from fuzzcache.coverage import reached
+from fuzzcache.findings import Finding, signature
 from fuzzcache.minimize import MAX_CHECKS, Minimized, minimize
 from fuzzcache.properties import Property
 
@@ -46,6 +47,7 @@ class Saved:
     triage: str | None = None  # the classification of an existing, triaged corpus file
     shrunk_scenario: Any = None  # Hypothesis's shrunk scenario, before the minimizer
     minimized: Minimized | None = None  # the minimizer's pass (None: it did not run)
+    signatures: frozenset = frozenset()  # of the shrunk and the saved finding (``findings.signature``)
 
 
 @dataclass
@@ -95,10 +97,12 @@ def run_property(
     corpus_dir: Path | str | None,
     on_example: Callable[[], None] | None = None,
     stop_at: float | None = None,
+    known: set | None = None,
 ) -> PropertyRun:
     """One Hypothesis run of ``prop`` on ``target``; saves the shrunk failure if any.
     ``stop_at`` (a ``time.monotonic()`` value) ends the search early; once a failure is
-    found, shrinking runs to completion."""
+    found, shrinking runs to completion. A failure whose ``signature`` is in ``known`` (found
+    before in a keep-going campaign) counts as a pass, so the search goes on to other failures."""
     run = PropertyRun(prop.id)
     last_failure: list = []
     start = time.perf_counter()
@@ -112,6 +116,9 @@ def run_property(
         try:
             prop.check(target, scenario)  # reruns for nondeterminism happen once, on the final example
         except Finding as f:
+            if known is not None and signature(prop.id, f) in known:
+                reached(f"known failure passed over: {f.kind}")
+                return
             if not last_failure:
                 run.examples_to_find = run.examples
                 run.seconds_to_find = time.perf_counter() - start
@@ -201,6 +208,7 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     existing = corpus.find(corpus_dir, target_spec, prop.id, scenario, options) if corpus_dir is not None else None
     if existing is not None:
         return _already_saved(prop, existing, scenario, finding)
+    first = signature(prop.id, finding)
     shrunk, result = scenario, None
     if reduce:
         try:
@@ -212,7 +220,8 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
         path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, options,
                                 shrunk_scenario=shrunk if result else None, minimized=result.record() if result else None)
     triage = None if new or path is None else _classification(path)
-    return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result)
+    return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result,
+                 frozenset({first, signature(prop.id, finding)}))
 
 
 def _already_saved(prop: Property, path: Path, shrunk, finding: Finding) -> Saved:
@@ -223,7 +232,7 @@ def _already_saved(prop: Property, path: Path, shrunk, finding: Finding) -> Save
         case = None  # `fuzzcache replay` names the broken file
     repro = case.scenario if case else shrunk
     triage = (case.triage or {}).get("classification") if case else None
-    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk)
+    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk, signatures=frozenset({signature(prop.id, finding)}))
 
 
 def _classification(path: Path) -> str | None:
