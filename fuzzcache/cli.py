@@ -1,4 +1,4 @@
-"""The ``fuzzcache`` command: fuzz, replay, minimize, bench, mutants, list."""
+"""The ``fuzzcache`` command: fuzz, replay, minimize, corpus merge, bench, mutants, list."""
 
 from __future__ import annotations
 
@@ -53,7 +53,8 @@ def main() -> None:
 @click.option("--example-timeout", default=60.0, show_default=True, help="seconds one call into the target may take before it is a 'hang' finding")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]), help="model dtype (default: the target's own; tolerances widen for fp16/bf16)")
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir, example_timeout, dtype, device) -> None:
+@click.option("--shard", default=None, metavar="I/N", help="run shard I of N (1-based) of the applicable properties, for a CI matrix or an indexed job")
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir, example_timeout, dtype, device, shard) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved."""
     from fuzzcache import guard
     from fuzzcache.campaign import parse_budget, print_report, run_campaign, write_reports
@@ -64,6 +65,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
     try:
         budget_s = parse_budget(budget)
         props = select(list(property_patterns))
+        index, count = parse_shard(shard) if shard else (1, 1)
     except ValueError as exc:
         fail(str(exc))
     target = target_or_fail(target_spec, dtype, device)
@@ -74,11 +76,28 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
     console = make_console()
     if skipped:
         console.print(f"not applicable to {target_spec}: {'; '.join(skipped)}")
+    if shard:
+        applicable = applicable[index - 1 :: count]
+        console.print(f"shard {index}/{count}: {', '.join(p.id for p in applicable) or 'no property (fewer properties than shards)'}")
+        if not applicable:
+            sys.exit(0)
     result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database_dir, console)
     print_report(result, console)
     json_path, junit_path = write_reports(result, report_dir)
     console.print(f"reports: {json_path} {junit_path}")
     sys.exit(1 if result.new_findings else 0)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' (1 <= I <= N) -> (I, N); shard I runs every N-th applicable property from the I-th,
+    in registry order, so N shards cover each property once."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 1/4") from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard {text!r}: I must be between 1 and N")
+    return index, count
 
 
 def corpus_cases(paths, target_spec: str | None):
@@ -283,6 +302,32 @@ def mutants(target_list, profile, budget, out_dir) -> None:
     md, js = write_outputs(scores, out_dir, summary)
     console.print(f"written: {md} {js}")
     sys.exit(0 if len(kills) == len(zoo) and summary["reference_survived"] else 1)
+
+
+@main.group("corpus")
+def corpus_group() -> None:
+    """Corpus folders: merge those of many machines."""
+
+
+@corpus_group.command("merge")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+def corpus_merge(dest, sources) -> None:
+    """Copy the corpus folders SOURCES into DEST: a repro found on many machines is one file
+    (content-addressed); a file DEST holds with other substance (kind, scenario, triage) is a
+    conflict, reported, DEST's kept. Exit 1 on a conflict or an unreadable file."""
+    from fuzzcache.corpus import merge
+
+    try:
+        merged = merge(dest, sources)
+    except CorpusError as exc:
+        fail(str(exc))
+    for line in merged.conflicts:
+        click.echo(f"CONFLICT {line}")
+    for line in merged.errors:
+        click.echo(f"ERROR    {line}")
+    click.echo(f"{len(merged.copied)} copied, {len(merged.same)} already there, {len(merged.conflicts)} conflict(s), {len(merged.errors)} unreadable")
+    sys.exit(1 if merged.conflicts or merged.errors else 0)
 
 
 @main.command("list")

@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -87,7 +87,6 @@ def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, f
     path = case_path(Path(corpus_dir), target, property_id, scenario, target_options)
     if path.exists():
         return path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "schema": SCHEMA_VERSION,
         "property": property_id,
@@ -103,18 +102,73 @@ def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, f
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         **({"triage": triage} if triage is not None else {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    return path, write_new(path, (json.dumps(record, indent=2, default=str) + "\n").encode())
+
+
+def write_new(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically, never over an existing file; False if it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
         os.fchmod(fd, 0o644)  # readable by the team, like any other file in the repository
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.link(tmp, path)  # atomic, and fails instead of overwriting
     except FileExistsError:
-        return path, False
+        return False
     finally:
         os.unlink(tmp)
-    return path, True
+    return True
+
+
+SUBSTANCE = ("schema", "property", "target", "target_options", "kind", "scenario", "triage")  # not date, versions, timings
+
+
+@dataclass
+class Merged:
+    copied: list[Path] = field(default_factory=list)  # new in the destination
+    same: list[Path] = field(default_factory=list)  # already there with the same substance
+    conflicts: list[str] = field(default_factory=list)  # "<path>: differs in <keys>"; the destination's kept
+    errors: list[str] = field(default_factory=list)  # unreadable source files, not copied
+
+
+def merge(dest: Path | str, sources: Iterable[Path | str]) -> Merged:
+    """Copy every file of each source corpus folder into ``dest`` at the same relative path.
+    Content addressing makes one repro found on many machines one file: a file already there
+    with the same substance (``SUBSTANCE``; dates, versions and timings aside) collapses; one
+    that differs (another kind on another machine, another triage) is a conflict,
+    reported, and the destination's file is kept. Corpus files are validated first."""
+    dest, out = Path(dest), Merged()
+    for source in map(Path, sources):
+        if not source.is_dir():
+            raise CorpusError(f"{source}: not a corpus folder")
+        for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".tmp-")):
+            target = dest / path.relative_to(source)
+            if path.suffix == ".json":
+                try:
+                    load(path)
+                except CorpusError as exc:
+                    out.errors.append(str(exc))
+                    continue
+            if write_new(target, path.read_bytes()):
+                out.copied.append(target)
+                continue
+            differs = _differences(path, target)
+            if differs:
+                out.conflicts.append(f"{target}: {path} differs in {', '.join(differs)}; kept the destination's")
+            else:
+                out.same.append(target)
+    return out
+
+
+def _differences(a: Path, b: Path) -> list[str]:
+    if a.suffix != ".json":
+        return [] if a.read_bytes() == b.read_bytes() else ["content"]
+    try:
+        ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return ["content (the destination's file is not readable)"]
+    return [k for k in SUBSTANCE if ra.get(k) != rb.get(k)]
 
 
 def load(path: Path | str) -> Case:
