@@ -376,6 +376,9 @@ mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request kee
        # these traces and engine.same.prefix_cache fails them
        *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool") for reqs in STALE_TABLE_REQUESTS),
        *(f"engine.same.prefix_cache: {reqs} block_size=1 num_blocks=4 prefix_cache=True" for reqs in STALE_TABLE_REQUESTS),
+       # a chunked 8-token form the fuzzer found (the searches above had no chunking)
+       *(f"{prop}: [prompt=3 new=1] [prompt=3 new=1 at=1] block_size=1 num_blocks=4 chunk_size=1"
+         for prop in ("engine.trace", "engine.same.pool", "engine.same.chunked")),
        # the NaN-logits form (a read of a freed, poisoned block: a contract breach) needs 9 tokens (the same search over
        # all-zero tokens, and three-request traces of all-zero tokens up to 8 tokens, arrivals 0-1, pool min or unbounded)
        triggers_of_kind={"contract": tuple(

@@ -24,7 +24,7 @@ def fewer_items(items: tuple, min_len: int = 0) -> Iterator[tuple]:
         return
     half = n // 2
     halves = [items[half:], items[:half]] if min(half, n - half) >= max(1, min_len) else []
-    singles = [items[:i] + items[i + 1 :] for i in dict.fromkeys([n - 1, 0, *range(1, n - 1)])]
+    singles = [without(items, i) for i in dict.fromkeys([n - 1, 0, *range(1, n - 1)])]
     yield from dict.fromkeys(halves + singles)
 
 
