@@ -47,7 +47,7 @@ class Saved:
     triage: str | None = None  # the classification of an existing, triaged corpus file
     shrunk_scenario: Any = None  # Hypothesis's shrunk scenario, before the minimizer
     minimized: Minimized | None = None  # the minimizer's pass (None: it did not run)
-    signatures: frozenset = frozenset()  # of the shrunk and the saved finding (``findings.signature``)
+    signatures: frozenset = frozenset()  # of the failure as found, as confirmed and as saved (``findings.signature``)
 
 
 @dataclass
@@ -203,12 +203,12 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     """Confirm the failure, minimize it (unless the corpus already holds it, as a repro or as a
     repro's shrunk form, or ``reduce`` is off), and save the repro with Hypothesis's shrunk
     scenario beside it. A minimizer that fails or is interrupted leaves the shrunk form to save."""
+    first = signature(prop.id, finding)  # as the search saw it (a flaky failure is confirmed as nondeterministic)
     finding = confirmed(prop, target, scenario, finding)
     options = target_options(target)
     existing = corpus.find(corpus_dir, target_spec, prop.id, scenario, options) if corpus_dir is not None else None
     if existing is not None:
-        return _already_saved(prop, existing, scenario, finding)
-    first = signature(prop.id, finding)
+        return _already_saved(prop, existing, scenario, finding, first)
     shrunk, result = scenario, None
     if reduce:
         try:
@@ -224,7 +224,7 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
                  frozenset({first, signature(prop.id, finding)}))
 
 
-def _already_saved(prop: Property, path: Path, shrunk, finding: Finding) -> Saved:
+def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: tuple) -> Saved:
     """A finding the corpus holds at ``path``: its repro and triage as saved there."""
     try:
         case = corpus.load(path)
@@ -232,7 +232,7 @@ def _already_saved(prop: Property, path: Path, shrunk, finding: Finding) -> Save
         case = None  # `fuzzcache replay` names the broken file
     repro = case.scenario if case else shrunk
     triage = (case.triage or {}).get("classification") if case else None
-    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk, signatures=frozenset({signature(prop.id, finding)}))
+    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk, signatures=frozenset({first, signature(prop.id, finding)}))
 
 
 def _classification(path: Path) -> str | None:
