@@ -16,8 +16,8 @@ from hypothesis import settings as Settings
 
 from fuzzcache.mutants import Mutant
 from fuzzcache.properties import PROPERTIES, Property
-from fuzzcache.scenario import short_form
 from fuzzcache.runner import run_property
+from fuzzcache.scenario import short_form
 
 
 @dataclass
