@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import settings as Settings
-from hypothesis.database import DirectoryBasedExampleDatabase
+from hypothesis.database import ExampleDatabase
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from fuzzcache.database import KeepingFailures
 from fuzzcache.properties import Property
 from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
 from fuzzcache.scenario import short_form
@@ -31,7 +32,11 @@ class PropertyTotals:
     paths: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
 
+    examples_to_first_failure: int | None = None  # a failure replayed from a shared database: 1
+
     def add(self, run: PropertyRun) -> None:
+        if self.examples_to_first_failure is None and run.examples_to_find is not None:
+            self.examples_to_first_failure = self.examples + run.examples_to_find
         self.examples += run.examples
         self.seconds += run.seconds
         self.found += [s for s in run.found if s.path is None or s.path not in {f.path for f in self.found}]
@@ -89,7 +94,7 @@ def run_campaign(
     budget_s: float,
     base_settings: Settings,
     corpus_dir: Path | None,
-    database_dir: Path | None,
+    database: ExampleDatabase | None,
     console: Console,
 ) -> CampaignResult:
     """Fuzz until the budget is spent. Each cycle gives every property one continuous
@@ -99,7 +104,8 @@ def run_campaign(
     one already in the corpus, triaged or not, is reported and passed over too). A property
     whose run could not complete is done."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
-    database = DirectoryBasedExampleDatabase(str(database_dir)) if database_dir else base_settings.database
+    database = database if database is not None else base_settings.database
+    database = KeepingFailures(database) if database is not None else None  # keep-going must not evict failures
     start = time.monotonic()
     interrupted = False
     live_table = lambda: progress_table(target_spec, totals, time.monotonic() - start, budget_s)  # noqa: E731
@@ -179,6 +185,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
                 "paths": dict(t.paths),
                 "errors": t.errors,
                 "distinct_failures": len(t.found),
+                "examples_to_first_failure": t.examples_to_first_failure,
                 "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new,
                               "repro": short_form(s.scenario), "shrunk": short_form(s.shrunk_scenario),
                               "minimized": s.minimized.record() if s.minimized else None} for s in t.found],

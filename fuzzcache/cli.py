@@ -48,13 +48,13 @@ def main() -> None:
 @click.option("--budget", default="60s", show_default=True, help="wall-clock budget, e.g. 90s, 10m, 2h")
 @click.option("--profile", default="nightly", show_default=True, type=click.Choice(["dev", "ci", "nightly"]), help="Hypothesis settings; the budget bounds the time whatever the profile")
 @click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(path_type=Path))
-@click.option("--database", "database_dir", default=None, type=click.Path(path_type=Path), help="Hypothesis example database folder (share it between workers)")
+@click.option("--database", "database_spec", default=None, help="Hypothesis example database: a folder, or redis://host:port/db shared by every worker on every machine")
 @click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and junit.xml go")
 @click.option("--example-timeout", default=60.0, show_default=True, help="seconds one call into the target may take before it is a 'hang' finding")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]), help="model dtype (default: the target's own; tolerances widen for fp16/bf16)")
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
 @click.option("--shard", default=None, metavar="I/N", help="run shard I of N (1-based) of the applicable properties, for a CI matrix or an indexed job")
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_dir, report_dir, example_timeout, dtype, device, shard) -> None:
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved."""
     from fuzzcache import guard
     from fuzzcache.campaign import parse_budget, print_report, run_campaign, write_reports
@@ -62,10 +62,13 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
 
     guard.TIME_LIMIT_S = example_timeout
 
+    from fuzzcache.database import make_database
+
     try:
         budget_s = parse_budget(budget)
         props = select(list(property_patterns))
         index, count = parse_shard(shard) if shard else (1, 1)
+        database = make_database(database_spec) if database_spec else None
     except ValueError as exc:
         fail(str(exc))
     target = target_or_fail(target_spec, dtype, device)
@@ -81,7 +84,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_d
         console.print(f"shard {index}/{count}: {', '.join(p.id for p in applicable) or 'no property (fewer properties than shards)'}")
         if not applicable:
             sys.exit(0)
-    result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database_dir, console)
+    result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, console)
     print_report(result, console)
     json_path, junit_path = write_reports(result, report_dir)
     console.print(f"reports: {json_path} {junit_path}")
