@@ -7,8 +7,10 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from hypothesis import settings as Settings
 from hypothesis.database import ExampleDatabase
@@ -77,14 +79,28 @@ def parse_budget(text: str) -> float:
         raise ValueError(f"budget {text!r}: expected e.g. 90s, 10m, 2h") from None
 
 
-def progress_table(target: str, totals: dict[str, PropertyTotals], elapsed: float, budget: float) -> Table:
+def progress_table(target: str, rows: Iterable[tuple[str, int, float, int]], elapsed: float, budget: float) -> Table:
+    """The live table: (property, examples, seconds, distinct failures) per property."""
     table = Table(title=f"fuzzcache fuzz --target {target}   {elapsed:.0f}s / {budget:.0f}s")
     for col in ("property", "examples", "examples/s", "distinct failures"):
         table.add_column(col, justify="left" if col == "property" else "right")
-    for t in totals.values():
-        rate = t.examples / t.seconds if t.seconds else 0.0
-        table.add_row(t.property, str(t.examples), f"{rate:.1f}", str(len(t.found)))
+    for prop, examples, seconds, failures in rows:
+        table.add_row(prop, str(examples), f"{examples / seconds if seconds else 0.0:.1f}", str(failures))
     return table
+
+
+def rows_of(totals: dict[str, PropertyTotals]) -> list[tuple[str, int, float, int]]:
+    return [(t.property, t.examples, t.seconds, len(t.found)) for t in totals.values()]
+
+
+Progress = Callable[[list, float], None]  # (rows as in ``progress_table``, seconds elapsed)
+
+
+@contextmanager
+def live_display(console: Console, target_spec: str, budget_s: float) -> Iterator[Progress]:
+    """A rich Live table that a campaign (or its workers) updates through the yielded callback."""
+    with Live(progress_table(target_spec, [], 0.0, budget_s), console=console, refresh_per_second=4, transient=False) as live:
+        yield lambda rows, elapsed: live.update(progress_table(target_spec, rows, elapsed, budget_s))
 
 
 def run_campaign(
@@ -95,41 +111,39 @@ def run_campaign(
     base_settings: Settings,
     corpus_dir: Path | None,
     database: ExampleDatabase | None,
-    console: Console,
+    progress: Progress | None = None,
 ) -> CampaignResult:
     """Fuzz until the budget is spent. Each cycle gives every property one continuous
     Hypothesis run (up to the profile's max_examples) in an equal share of the remaining
     time; cycles repeat with fresh seeds. Keep going: after a finding a property searches on,
     passing over failures with a signature it already found (one file per distinct failure;
     one already in the corpus, triaged or not, is reported and passed over too). A property
-    whose run could not complete is done."""
+    whose run could not complete is done. ``progress`` is told after every example."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
     database = database if database is not None else base_settings.database
     database = KeepingFailures(database) if database is not None else None  # keep-going must not evict failures
     start = time.monotonic()
     interrupted = False
-    live_table = lambda: progress_table(target_spec, totals, time.monotonic() - start, budget_s)  # noqa: E731
-    with Live(live_table(), console=console, refresh_per_second=4, transient=False) as live:
-        try:
-            active = list(properties)
-            s = Settings(base_settings, database=database, derandomize=False)
-            while active and time.monotonic() - start < budget_s:
-                cycle = list(active)
-                for i, prop in enumerate(cycle):
-                    remaining = budget_s - (time.monotonic() - start)
-                    if remaining <= 0:
-                        break
-                    stop_at = time.monotonic() + remaining / (len(cycle) - i)
-                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=lambda: live.update(live_table()),
-                                       stop_at=stop_at, known=totals[prop.id].known)
-                    totals[prop.id].add(run)
-                    if run.error:
-                        active.remove(prop)
-                    live.update(live_table())
-        except KeyboardInterrupt as exc:
-            interrupted = True
-            if isinstance(exc, Interrupted):  # what the interrupted property found is saved; report it
-                totals[exc.run.property].add(exc.run)
+    tick = (lambda: progress(rows_of(totals), time.monotonic() - start)) if progress else (lambda: None)  # noqa: E731
+    try:
+        active = list(properties)
+        s = Settings(base_settings, database=database, derandomize=False)
+        while active and time.monotonic() - start < budget_s:
+            cycle = list(active)
+            for i, prop in enumerate(cycle):
+                remaining = budget_s - (time.monotonic() - start)
+                if remaining <= 0:
+                    break
+                stop_at = time.monotonic() + remaining / (len(cycle) - i)
+                run = run_property(prop, target, target_spec, s, corpus_dir, on_example=tick, stop_at=stop_at, known=totals[prop.id].known)
+                totals[prop.id].add(run)
+                if run.error:
+                    active.remove(prop)
+                tick()
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        if isinstance(exc, Interrupted):  # what the interrupted property found is saved; report it
+            totals[exc.run.property].add(exc.run)
     return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted)
 
 

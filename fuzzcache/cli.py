@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,10 +55,13 @@ def main() -> None:
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]), help="model dtype (default: the target's own; tolerances widen for fp16/bf16)")
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
 @click.option("--shard", default=None, metavar="I/N", help="run shard I of N (1-based) of the applicable properties, for a CI matrix or an indexed job")
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard) -> None:
-    """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved."""
+@click.option("--workers", default=None, type=click.IntRange(min=1), help="worker processes, properties spread over them (default: the number of cores)")
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers) -> None:
+    """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved, 2 when a
+    worker failed."""
     from fuzzcache import guard
-    from fuzzcache.campaign import parse_budget, print_report, run_campaign, write_reports
+    from fuzzcache.campaign import live_display, parse_budget, print_report, run_campaign, write_reports
+    from fuzzcache.workers import run_workers
     from fuzzcache.properties import select
 
     guard.TIME_LIMIT_S = example_timeout
@@ -84,11 +88,25 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
         console.print(f"shard {index}/{count}: {', '.join(p.id for p in applicable) or 'no property (fewer properties than shards)'}")
         if not applicable:
             sys.exit(0)
-    result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, console)
+    workers = min(workers or cores(), len(applicable))
+    errors: list[str] = []
+    with live_display(console, target_spec, budget_s) as show:
+        if workers > 1:
+            result, errors = run_workers(target_spec, {"dtype": dtype, "device": device}, [p.id for p in applicable], workers, budget_s,
+                                         Settings.get_profile(profile), corpus_dir, database_spec, example_timeout, show)
+        else:
+            result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, show)
     print_report(result, console)
+    for error in errors:
+        console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)
     json_path, junit_path = write_reports(result, report_dir)
     console.print(f"reports: {json_path} {junit_path}")
-    sys.exit(1 if result.new_findings else 0)
+    sys.exit(1 if result.new_findings else 2 if errors else 0)
+
+
+def cores() -> int:
+    """CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -19,6 +19,9 @@ class Finding(AssertionError):
         self.message = message
         self.details = details or {}
 
+    def __reduce__(self):  # pickled with its own arguments (a worker process sends its findings back)
+        return (Finding, (self.kind, self.message, self.details))
+
 
 def mismatch(message: str, **details: Any) -> Finding:
     return Finding("mismatch", message, details)

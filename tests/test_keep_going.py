@@ -4,10 +4,7 @@ minimized to its own trigger; a corpus file (triaged or not) no longer ends its 
 
 from __future__ import annotations
 
-import io
-
 from hypothesis import settings
-from rich.console import Console
 
 from fuzzcache import corpus
 from fuzzcache.campaign import run_campaign
@@ -40,9 +37,8 @@ class TwoBugsOneProperty(ReferenceTarget):
 
 
 def campaign(tmp_path, budget_s: float = 12.0):
-    quiet = Console(file=io.StringIO())
     base = settings(max_examples=200, deadline=None, database=None)
-    return run_campaign(TwoBugsOneProperty(), "two-bugs", [TRACE], budget_s, base, tmp_path / "corpus", None, quiet)
+    return run_campaign(TwoBugsOneProperty(), "two-bugs", [TRACE], budget_s, base, tmp_path / "corpus", None)
 
 
 def test_one_keep_going_run_saves_both_bugs_each_at_its_own_trigger(tmp_path):
@@ -91,9 +87,8 @@ class FlakyFirstToken(TwoBugsOneProperty):
 
 
 def test_a_flaky_failure_is_saved_once_not_once_per_example(tmp_path):
-    quiet = Console(file=io.StringIO())
     result = run_campaign(FlakyFirstToken(), "flaky", [TRACE], 6.0, settings(max_examples=200, deadline=None, database=None),
-                          tmp_path / "corpus", None, quiet)
+                          tmp_path / "corpus", None)
     found = result.totals[TRACE.id].found
     assert [s.kind for s in found] == ["nondeterministic"], [s.message for s in found]
     # the failure as the search sees it (a mismatch) is passed over after that, not shrunk again
