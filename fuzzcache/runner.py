@@ -6,11 +6,14 @@ reported as ``nondeterministic``. The minimal example Hypothesis ends on is save
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings as Settings
@@ -141,29 +144,54 @@ def run_property(
             explicit_test = example(ex)(explicit_test)
         passes.append(Settings(generated, phases=[Phase.explicit])(explicit_test))
     coverage.take()
-    try:
-        for hypothesis_test in passes:
-            if not last_failure:
-                hypothesis_test()
-    except BudgetExhausted:
-        pass
-    except KeyboardInterrupt:
-        run.seconds = time.perf_counter() - start
-        run.paths = coverage.take()
-        if last_failure:  # keep what was found, shrunk or not; no minimizing on the way out
-            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target, reduce=False))
-        raise Interrupted(run) from None
-    except Exception as exc:  # noqa: BLE001 - Hypothesis re-raises the minimal failure
-        if last_failure:
-            run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target))
-            if run.found[-1].minimized is not None and run.found[-1].minimized.interrupted:
-                run.seconds, run.paths = time.perf_counter() - start, coverage.take()
-                raise Interrupted(run) from None  # Ctrl-C while minimizing: the best so far is saved
-        else:
-            run.error = f"{type(exc).__name__}: {exc}"
+    with ctrl_c_noted() as ctrl_c:
+        try:
+            for hypothesis_test in passes:
+                if not last_failure:
+                    hypothesis_test()
+        except BudgetExhausted:
+            pass
+        except KeyboardInterrupt:
+            run.seconds = time.perf_counter() - start
+            run.paths = coverage.take()
+            if last_failure:  # keep what was found, shrunk or not; no minimizing on the way out
+                run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target, reduce=False))
+            raise Interrupted(run) from None
+        except Exception as exc:  # noqa: BLE001 - Hypothesis re-raises the minimal failure
+            if last_failure:
+                run.found.append(_save(prop, target_spec, corpus_dir, *last_failure, target=target, reduce=not ctrl_c))
+                if ctrl_c or (run.found[-1].minimized is not None and run.found[-1].minimized.interrupted):
+                    run.seconds, run.paths = time.perf_counter() - start, coverage.take()
+                    raise Interrupted(run) from None  # Ctrl-C while shrinking or minimizing: what was found is saved
+            else:
+                run.error = f"{type(exc).__name__}: {exc}"
     run.seconds = time.perf_counter() - start
     run.paths = coverage.take()
+    if ctrl_c:  # a Ctrl-C that Hypothesis kept to itself
+        raise Interrupted(run)
     return run
+
+
+@contextmanager
+def ctrl_c_noted() -> Iterator[list]:
+    """A list that a Ctrl-C (SIGINT) appends to before it raises KeyboardInterrupt as usual.
+    Hypothesis's final replay of a failing example catches BaseException, so a Ctrl-C landing
+    there never reaches ``run_property``'s handler; the note does. Only where Python's own
+    SIGINT handler is in place (main thread, not ignored)."""
+    noted: list = []
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield noted
+        return
+
+    def note(signum, frame):
+        noted.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def target_options(target) -> dict:

@@ -421,3 +421,26 @@ def test_minimize_command_stops_at_ctrl_c(tmp_path):
     result = invoke("minimize", a, b)
     assert result.exit_code == 130 and result.output.count("interrupted") >= 1
     assert result.output.count(" checks, ") == 1 and a.exists() and b.exists()  # the first file only, nothing deleted
+
+
+def test_a_ctrl_c_that_hypothesis_keeps_to_itself_still_stops_the_run(tmp_path):
+    import signal
+
+    from hypothesis.control import current_build_context
+
+    class SwallowedCtrlC(WrongFirstToken):
+        """Ctrl-C during Hypothesis's final replay of the failing example, where Hypothesis catches
+        BaseException: simulated by swallowing the KeyboardInterrupt right here."""
+
+        def generate(self, requests, config):
+            if current_build_context().is_final:
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt:
+                    pass
+            return super().generate(requests, config)
+
+    with pytest.raises(runner.Interrupted) as stopped:
+        runner.run_property(TRACE, SwallowedCtrlC(), "swallowed", settings(max_examples=20, database=None, derandomize=True), tmp_path)
+    (saved,) = stopped.value.run.found
+    assert saved.path.exists() and saved.minimized is None  # saved as shrunk, no minimizing after Ctrl-C
