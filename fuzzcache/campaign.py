@@ -41,7 +41,8 @@ class PropertyTotals:
             self.examples_to_first_failure = self.examples + run.examples_to_find
         self.examples += run.examples
         self.seconds += run.seconds
-        self.found += [s for s in run.found if s.path is None or s.path not in {f.path for f in self.found}]
+        saved = {f.path for f in self.found}
+        self.found += [s for s in run.found if s.path is None or s.path not in saved]  # one file, one distinct failure
         self.paths.update(run.paths)
         if run.error:
             self.errors.append(run.error)
