@@ -7,9 +7,13 @@ a new ``LLM``."""
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from fuzzcache.contract import EngineConfig
 from fuzzcache.targets.vllm.environment import engine_environment
@@ -33,10 +37,29 @@ class EnginePool:
         self.max_model_len = max_model_len
         self.max_batch_tokens = max_requests * max_model_len  # the runner's buffers; a call's budget is at most this
         self.engines: dict[EngineShape, object] = {}
+        # Engines replaced after an error in vLLM's code, kept alive: a vllm.LLM that is garbage
+        # collected tears down the process-wide parallel state every other engine runs on.
+        self.retired: list[object] = []
+        atexit.register(self.skip_teardown_at_exit)
+
+    def skip_teardown_at_exit(self) -> None:
+        """vLLM tears each engine down at exit with a full ``gc.collect()`` (seconds each in a
+        process holding a fuzz campaign's objects, over a minute for ten engines); the process is
+        ending, so there is nothing to free: the engine core's finalizers are detached."""
+        for llm in [*self.engines.values(), *self.retired]:
+            client = llm.llm_engine.engine_core
+            finalizer = getattr(client, "_finalizer", None)
+            if finalizer is not None:
+                finalizer.detach()
 
     def max_blocks(self, block_size: int) -> int:
         """Blocks the engine's KV tensors hold: every request at full length, plus vLLM's null block."""
         return self.max_batch_tokens // block_size + MAX_NUM_SEQS + 1
+
+    def retire(self, shape: EngineShape) -> None:
+        """The next call of this shape gets a new engine (this one's state is unknown after an error)."""
+        if shape in self.engines:
+            self.retired.append(self.engines.pop(shape))
 
     def llm(self, shape: EngineShape):
         if shape not in self.engines:
@@ -46,7 +69,7 @@ class EnginePool:
             if shape.spec_k:
                 spec = {"method": "ngram", "num_speculative_tokens": shape.spec_k, "prompt_lookup_min": 1, "prompt_lookup_max": NGRAM_MAX}
             blocks = self.max_blocks(shape.block_size)
-            with engine_environment():
+            with engine_environment(), kernel_scan_safe():
                 self.engines[shape] = LLM(
                     model=self.folder, skip_tokenizer_init=True, dtype="float32", seed=0, enforce_eager=True,
                     max_model_len=self.max_model_len, max_logprobs=self.vocab_size, block_size=shape.block_size,
@@ -57,24 +80,45 @@ class EnginePool:
         return self.engines[shape]
 
 
+@contextmanager
+def kernel_scan_safe() -> Iterator[None]:
+    """Work around a vLLM 0.32.0 crash (corpus/vllm:llama/rebind-kernels-llvmlite.md): building an
+    LLM scans every module in sys.modules (``triton_utils.dispatcher._rebind_kernels``) and calls
+    ``vars(value).get`` on any value that answers ``hasattr(value, "__dict__")``; llvmlite's
+    ``binding.ffi.lib`` (imported by numba for the n-gram drafter of the first speculative engine)
+    answers with a function wrapper, and every later LLM fails with AttributeError. The module is
+    hidden from sys.modules for the scan (it holds no kernel) and put back after."""
+    hidden = sys.modules.pop("llvmlite.binding.ffi", None)
+    try:
+        yield
+    finally:
+        if hidden is not None:
+            sys.modules["llvmlite.binding.ffi"] = hidden
+
+
+def scheduler_config_for(config: EngineConfig, engine_config, max_model_len: int):
+    """vLLM's SchedulerConfig for ``config``, from the engine's (``engine_config``), validated by
+    vLLM itself; a ValueError naming the EngineConfig field when vLLM refuses it."""
+    if config.max_num_seqs > MAX_NUM_SEQS:
+        raise ValueError(f"EngineConfig.max_num_seqs={config.max_num_seqs}: this target's engines run at most {MAX_NUM_SEQS}")
+    budget = config.max_batch_tokens if config.max_batch_tokens is not None else engine_config.max_num_batched_tokens
+    try:
+        return dataclasses.replace(
+            engine_config, max_model_len=max_model_len, is_encoder_decoder=False,
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget,
+            long_prefill_token_threshold=config.chunk_size or 0, long_prefill_token_threshold_adaptive=False,
+        )
+    except ValueError as exc:  # vLLM's own rule, e.g. a token budget below max_num_seqs
+        raise ValueError(f"EngineConfig.max_batch_tokens={config.max_batch_tokens}: vLLM refuses it ({exc})") from exc
+
+
 def install_scheduler(llm, config: EngineConfig, max_blocks: int):
     """A fresh vLLM Scheduler on ``llm``'s engine core for ``config``; returns it. vLLM's block
     pool keeps block 0 as its null block, so ``num_blocks`` usable blocks are num_blocks + 1."""
     core = llm.llm_engine.engine_core.engine_core
     old = core.scheduler
     vllm_config = copy.copy(core.vllm_config)
-    model_len = vllm_config.model_config.max_model_len
-    budget = config.max_batch_tokens if config.max_batch_tokens is not None else old.scheduler_config.max_num_batched_tokens
-    if config.max_num_seqs > MAX_NUM_SEQS:
-        raise ValueError(f"EngineConfig.max_num_seqs={config.max_num_seqs}: this target's engines run at most {MAX_NUM_SEQS}")
-    try:
-        vllm_config.scheduler_config = dataclasses.replace(
-            old.scheduler_config, max_model_len=model_len, is_encoder_decoder=False,
-            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget,
-            long_prefill_token_threshold=config.chunk_size or 0, long_prefill_token_threshold_adaptive=False,
-        )
-    except ValueError as exc:  # vLLM's own rule, e.g. a token budget below max_num_seqs
-        raise ValueError(f"EngineConfig.max_batch_tokens={config.max_batch_tokens}: vLLM refuses it ({exc})") from exc
+    vllm_config.scheduler_config = scheduler_config_for(config, old.scheduler_config, vllm_config.model_config.max_model_len)
     blocks = max_blocks if config.num_blocks is None else config.num_blocks + 1
     vllm_config.cache_config = copy.copy(old.cache_config)
     vllm_config.cache_config.enable_prefix_caching = config.prefix_cache

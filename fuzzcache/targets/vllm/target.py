@@ -38,7 +38,7 @@ import torch
 from fuzzcache.compare import Tolerance
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
-from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler
+from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -103,10 +103,11 @@ class VLLMTarget:
     def _run(self, requests: list[Request], config: EngineConfig) -> dict[int, Completion]:
         shape = EngineShape(config.block_size, config.spec_k)
         llm = self.engines.llm(shape)
+        scheduler_config_for(config, llm.llm_engine.vllm_config.scheduler_config, MAX_SEQ_LEN)  # refused configs touch no engine
         try:
             return self._stepped(llm, requests, config)
         except BaseException:
-            self.engines.engines.pop(shape, None)  # its state is unknown now: the next call builds a new one
+            self.engines.retire(shape)  # an error in vLLM's code (a finding): the next call gets a new engine
             raise
 
     def _stepped(self, llm, requests: list[Request], config: EngineConfig) -> dict[int, Completion]:
