@@ -16,6 +16,7 @@ from hypothesis import settings
 
 from fuzzcache import EngineConfig, Request
 from fuzzcache.corpus import load
+from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import run_property
 from fuzzcache.targets import resolve_target
@@ -41,13 +42,6 @@ def vllm_target(request):
     return resolve_target(f"vllm:{request.param}")
 
 
-def greedy(target, prompt, n) -> list[int]:
-    tokens = list(prompt)
-    for _ in range(n):
-        tokens.append(int(target.reference_logits(tokens)[-1].argmax()))
-    return tokens[len(prompt):]
-
-
 @pytest.mark.parametrize("config,trace", [
     (EngineConfig(block_size=32), TRACE),
     (EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=1), TRACE),
@@ -58,7 +52,7 @@ def greedy(target, prompt, n) -> list[int]:
 def test_every_mapped_path_equals_the_oracle(vllm_target, config, trace):
     out = vllm_target.generate(trace, config)
     for request, completion in zip(trace, out):
-        assert completion.tokens == greedy(vllm_target, request.prompt, request.max_new_tokens)
+        assert completion.tokens == greedy_continuation(vllm_target.reference_logits, request.prompt, request.max_new_tokens)[0]
         if completion.tokens:
             oracle = vllm_target.reference_logits(list(request.prompt) + completion.tokens)[len(request.prompt) - 1 : -1]
             assert (completion.logits - oracle).abs().max() < vllm_target.tolerance.logits
