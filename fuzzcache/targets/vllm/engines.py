@@ -11,6 +11,7 @@ import atexit
 import copy
 import dataclasses
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -69,7 +70,8 @@ class EnginePool:
             if shape.spec_k:
                 spec = {"method": "ngram", "num_speculative_tokens": shape.spec_k, "prompt_lookup_min": 1, "prompt_lookup_max": NGRAM_MAX}
             blocks = self.max_blocks(shape.block_size)
-            with engine_environment(), kernel_scan_safe():
+            with engine_environment(), kernel_scan_safe(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # vLLM's own deprecation notices, once per engine
                 self.engines[shape] = LLM(
                     model=self.folder, skip_tokenizer_init=True, dtype="float32", seed=0, enforce_eager=True,
                     max_model_len=self.max_model_len, max_logprobs=self.vocab_size, block_size=shape.block_size,
