@@ -1,7 +1,7 @@
 """Target resolution: turn a name from the command line or pytest into a target object.
 
 Names: ``reference``; ``<family>:<name>`` for a family of FAMILIES (``mutant:<name>``, the bug
-zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM); an entry point in the group
+zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM; ``llamacpp:<arch>``, llama.cpp); an entry point in the group
 ``fuzzcache.targets``; or ``package.module:attr`` where attr is a target or a zero-argument
 callable returning one. Families are looked up by module path, so this package imports none of
 them (fuzzcache.mutants imports the reference target from here, never the other way round).
@@ -23,6 +23,8 @@ FAMILIES = {
     "mutant": ("fuzzcache.mutants", "build", "mutant:<name> (the bug zoo, see `fuzzcache list`)"),
     "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (llama, llama-dynamic, mistral, qwen2, phi)"),
     "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget", "vllm:<arch> (llama, qwen2; needs the vllm extra)"),
+    "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
+                 "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra)"),
 }
 REQUIRED_ATTRS = ("name", "vocab_size", "max_seq_len", "features", "reference_logits", "generate")
 

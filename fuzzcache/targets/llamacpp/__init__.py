@@ -1,0 +1,1 @@
+"""llama.cpp as a target (``llamacpp:<arch>``), through llama-cpp-python's low-level API."""

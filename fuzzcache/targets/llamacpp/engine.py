@@ -1,0 +1,198 @@
+"""A serving loop over one llama.cpp context, as llama.cpp's server drives it: every request is a
+sequence of one unified KV cache, and each step is one ``llama_decode`` of a shared batch.
+
+Per step: requests whose ``arrival`` step has come join (up to ``max_num_seqs`` running); a new
+request first copies the longest prefix it shares with a cached sequence (``seq_cp``, when the
+prefix cache is on); the batch takes each running request's decode row (its last token, plus up to
+``spec_k`` draft tokens to verify) and then prompt tokens, within ``max_batch_tokens``
+(``n_batch``); llama.cpp splits the batch into micro-batches of ``chunk_size`` (``n_ubatch``).
+Rejected drafts are removed with ``seq_rm``. When the cache has no room for a batch
+(``llama_decode`` returns 1), cached sequences of finished requests are dropped first, then the
+request admitted last is preempted (``seq_rm`` of its whole sequence) and later recomputed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from collections.abc import Sequence
+
+import torch
+
+from fuzzcache.contract import Completion, EngineConfig, EngineError, Request
+from fuzzcache.engine.drafts import make_draft
+from fuzzcache.targets.llamacpp.library import Context
+
+NO_SLOT = 1  # llama_decode: no memory slot for the batch
+
+
+@dataclass
+class Sequence_:
+    """One request's sequence in the cache."""
+
+    request: Request
+    seq: int  # llama.cpp sequence id
+    tokens: list[int]  # prompt + generated so far
+    cached: int = 0  # tokens[:cached] are in the cache, at positions 0..cached-1
+    generated: list[int] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)  # (V,) per generated token
+    stats: dict[str, int] = field(default_factory=lambda: {"cached_prefix_tokens": 0, "preemptions": 0, "draft_proposed": 0, "draft_accepted": 0})
+    admitted: int = -1  # step of (re)admission; the latest admitted is preempted first
+
+    @property
+    def done(self) -> bool:
+        return len(self.generated) >= self.request.max_new_tokens and self.cached >= len(self.request.prompt)
+
+    @property
+    def in_decode(self) -> bool:
+        return self.cached == len(self.tokens) - 1 and len(self.tokens) > len(self.request.prompt)
+
+
+@dataclass
+class Row:
+    """Tokens of one sequence in a batch: (token, position) pairs, which of them want logits."""
+
+    s: Sequence_
+    tokens: list[int]
+    first: int  # position of tokens[0]
+    outputs: bool  # logits for every token (decode and drafts) or only a finished prompt's last
+    drafts: list[int] = field(default_factory=list)
+
+
+class Server:
+    """One ``run`` per ``generate`` call, over a context whose memory is cleared."""
+
+    def __init__(self, ctx: Context, config: EngineConfig, vocab_size: int, trim_extra: int = 0):
+        self.ctx, self.config, self.vocab_size = ctx, config, vocab_size
+        self.trim_extra = trim_extra  # planted bugs only: positions left behind after a rejected draft
+        self.budget = config.max_batch_tokens or ctx.shape.n_batch
+        self.stats = {"steps": 0, "evictions": 0, "preemptions": 0, "no_slot": 0}
+
+    def run(self, requests: Sequence[Request], first_free_seq: int = 0) -> list[Completion]:
+        config = self.config
+        seqs = [Sequence_(r, first_free_seq + i, list(r.prompt)) for i, r in enumerate(requests)]
+        pending = sorted(seqs, key=lambda s: (s.request.arrival, s.seq))
+        waiting: list[Sequence_] = []
+        running: list[Sequence_] = []
+        idle: list[Sequence_] = []  # finished, their cells kept for prefix reuse
+        self.held = False  # after a preemption, nothing joins until a request finishes (or none runs)
+        step, limit = 0, 8 * sum(len(r.prompt) + r.max_new_tokens + 1 for r in requests) + max(r.arrival for r in requests) + 16
+        while pending or waiting or running:
+            while pending and pending[0].request.arrival <= step:
+                waiting.append(pending.pop(0))
+            while waiting and len(running) < config.max_num_seqs and not (self.held and running):
+                s = waiting.pop(0)
+                s.admitted = step
+                if config.prefix_cache and s.cached == 0:
+                    self._reuse_prefix(s, running + idle)
+                running.append(s)
+            if running:
+                rows = self._batch(running)
+                rc = self.ctx.decode([(t, row.first + i, row.s.seq, row.outputs) for row in rows for i, t in enumerate(row.tokens)])
+                if rc == NO_SLOT:
+                    self.stats["no_slot"] += 1
+                    self._make_room(running, waiting, idle)
+                    continue
+                if rc != 0:
+                    raise EngineError(f"llama_decode returned {rc} for a batch of {sum(len(r.tokens) for r in rows)} tokens")
+                self._advance(rows)
+                for s in [s for s in running if s.done]:
+                    running.remove(s)
+                    self.held = False
+                    if config.prefix_cache:
+                        idle.append(s)
+                    else:
+                        self.ctx.seq_rm(s.seq)
+            step += 1
+            self.stats["steps"] = step
+            if step > limit:
+                raise TimeoutError(f"llama.cpp server loop did not finish in {limit} steps")
+        return [Completion(s.request.rid, s.generated, torch.stack(s.logits) if s.logits else torch.zeros(0, self.vocab_size), s.stats) for s in seqs]
+
+    def _reuse_prefix(self, s: Sequence_, cached: list[Sequence_]) -> None:
+        """Copy the longest prefix ``s`` shares with a cached sequence (never its last token, whose logits it needs)."""
+        best, source = 0, None
+        for other in cached:
+            n = 0
+            limit = min(other.cached, len(s.tokens) - 1)
+            while n < limit and other.tokens[n] == s.tokens[n]:
+                n += 1
+            if n > best:
+                best, source = n, other
+        if source is not None:
+            self.ctx.seq_cp(source.seq, s.seq, 0, best)
+            s.cached = best
+            s.stats["cached_prefix_tokens"] = max(s.stats["cached_prefix_tokens"], best)
+
+    def _batch(self, running: list[Sequence_]) -> list[Row]:
+        """Decode rows (with drafts) first, then prompt tokens, within the step's token budget."""
+        budget, rows = self.budget, []
+        for s in running:
+            if s.in_decode and budget > 0:
+                drafts = self._drafts(s, budget - 1)
+                rows.append(Row(s, [s.tokens[-1]] + drafts, s.cached, True, drafts))
+                budget -= 1 + len(drafts)
+        for s in running:
+            todo = len(s.tokens) - s.cached
+            if not s.in_decode and todo > 0 and budget > 0:
+                n = min(todo, budget)
+                finishes = s.cached + n == len(s.tokens)
+                rows.append(Row(s, s.tokens[s.cached : s.cached + n], s.cached, False))
+                rows[-1].outputs = finishes and len(s.generated) < s.request.max_new_tokens
+                budget -= n
+        return rows
+
+    def _drafts(self, s: Sequence_, room: int) -> list[int]:
+        k = min(self.config.spec_k, room, s.request.max_new_tokens - len(s.generated) - 1)
+        if k <= 0:
+            return []
+        drafts = make_draft(self.config.draft, self.vocab_size, s.tokens).propose(s.tokens, k)[:k]
+        s.stats["draft_proposed"] += len(drafts)
+        return drafts
+
+    def _advance(self, rows: list[Row]) -> None:
+        """Read each row's logits (batch order), accept drafts greedily, trim rejected ones."""
+        index = 0
+        for row in rows:
+            s, n = row.s, len(row.tokens)
+            if row.drafts or (row.outputs and s.in_decode):
+                chosen = [self.ctx.logits(index + i) for i in range(n)]  # (V,) each
+                accepted = 0
+                while accepted < len(row.drafts) and int(chosen[accepted].argmax()) == row.drafts[accepted]:
+                    accepted += 1
+                s.stats["draft_accepted"] += accepted
+                new = row.drafts[:accepted] + [int(chosen[accepted].argmax())]
+                s.logits += chosen[: accepted + 1]
+                s.generated += new
+                s.tokens += new
+                s.cached += 1 + accepted
+                if accepted < len(row.drafts):  # rejected drafts' cells go
+                    self.ctx.seq_rm(s.seq, s.cached + self.trim_extra, -1)
+            else:
+                s.cached += n
+                if row.outputs:
+                    last = self.ctx.logits(index + n - 1)
+                    s.logits.append(last)
+                    token = int(last.argmax())
+                    s.generated.append(token)
+                    s.tokens.append(token)
+            index += n
+
+    def _make_room(self, running: list[Sequence_], waiting: list[Sequence_], idle: list[Sequence_]) -> None:
+        """The batch found no room: drop finished requests' cached cells, else preempt the request admitted last."""
+        if idle:
+            for s in idle:
+                self.ctx.seq_rm(s.seq)
+            self.stats["evictions"] += len(idle)
+            idle.clear()
+            return
+        if len(running) == 1:
+            s = running[0]
+            raise EngineError(f"request rid={s.request.rid} alone does not fit the cache ({s.cached} cached, {len(s.tokens) - s.cached} to go)")
+        victim = max(running, key=lambda s: (s.admitted, s.seq))
+        running.remove(victim)
+        self.ctx.seq_rm(victim.seq)
+        victim.cached = 0
+        victim.stats["preemptions"] += 1
+        self.stats["preemptions"] += 1
+        waiting.insert(0, victim)
+        self.held = True

@@ -1,0 +1,127 @@
+"""llama.cpp as a target: ``llamacpp:<arch>`` (llama, qwen2) runs llama.cpp (llama-cpp-python's
+low-level API) over the shared factory's tiny seeded model written as GGUF, one HF forward over
+the same weights as the oracle. Variants: ``llamacpp:<arch>+f16kv`` (an f16 KV cache),
+``+flash`` (flash attention), both (``+f16kv+flash``); the default is an f32 cache, flash off.
+
+======================  ===========================================================================
+EngineConfig            llama.cpp
+======================  ===========================================================================
+requests, arrivals      sequences of one unified KV cache (``kv_unified``), decoded in shared
+                        batches by a server loop (engine.py); a request joins at step ``arrival``
+``max_num_seqs``        running sequences per step
+``max_batch_tokens``    ``n_batch``: tokens per ``llama_decode`` (a prompt spans several steps)
+``chunk_size``          ``n_ubatch``: llama.cpp splits each batch into micro-batches of this size
+``prefix_cache``        a new request ``seq_cp``-s the longest prefix it shares with a cached
+                        sequence (finished requests' cells are kept until room is needed)
+``spec_k``, ``draft``   drafts (fuzzcache's bigram / trigram / prompt lookup) verified in one
+                        batch with the last token; rejected ones removed with ``seq_rm``
+``num_blocks``          a cache of ``num_blocks * block_size`` cells: llama.cpp pads a context
+                        to 256 cells, so the rest is filled by a ballast sequence that is never
+                        read. When a batch finds no room (``llama_decode`` returns 1), finished
+                        requests' cells go first, then the request admitted last is preempted
+                        (``seq_rm``) and recomputed later
+``block_size``          cells are one token each: ``block_size`` only sizes the pool above
+======================  ===========================================================================
+
+Not expressible: ``interleave`` (a llama.cpp batch always mixes decode rows and prompt tokens).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from collections.abc import Sequence
+
+import torch
+
+from fuzzcache.compare import Tolerance
+from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
+from fuzzcache.targets.llamacpp.engine import Server
+from fuzzcache.targets.llamacpp.gguf_model import GGUF_ARCHITECTURES, write_gguf
+from fuzzcache.targets.llamacpp.library import CONTEXT_PAD, F16, F32, FLASH_OFF, FLASH_ON, ContextShape, Model
+from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
+
+ARCHITECTURES = tuple(GGUF_ARCHITECTURES)
+MAX_SEQ_LEN = 64
+MAX_REQUESTS = 4  # strategies.engine draws at most this many
+N_SEQ_MAX = 8  # requests, surgery's sequences, and the ballast (the last id)
+BALLAST_SEQ = N_SEQ_MAX - 1
+UNBOUNDED_BATCH = 512  # n_batch when max_batch_tokens is None: every step fits
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"})
+VARIANTS = {  # name suffix -> (KV cache type, flash attention)
+    "": (F32, FLASH_OFF), "+f16kv": (F16, FLASH_OFF), "+flash": (F32, FLASH_ON), "+f16kv+flash": (F16, FLASH_ON),
+}
+# Measured (README, "llama.cpp"): max |Δlogit| to the oracle over drawn traces per variant.
+TOLERANCES = {"": Tolerance(tie=1e-3, logits=1e-3), "+f16kv": Tolerance(tie=0.1, logits=0.1),
+              "+flash": Tolerance(tie=0.1, logits=0.1), "+f16kv+flash": Tolerance(tie=0.1, logits=0.1)}
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """'llama+f16kv' -> ('llama', '+f16kv')."""
+    arch, plus, rest = name.partition("+")
+    return arch, plus + rest
+
+
+class LlamaCppTarget:
+    """llama.cpp over the tiny ``arch`` model (see the module docstring for the mapping)."""
+
+    features = FEATURES
+    min_block_size = 4  # cells are single tokens; a block only sizes the pool
+    vocab_size = VOCAB_SIZE
+    max_seq_len = MAX_SEQ_LEN
+    isolate = True  # a native assert aborts the process: run in a worker (fuzzcache.isolation)
+
+    def __init__(self, arch: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu", name: str | None = None):
+        from fuzzcache.targets import UnknownTarget
+
+        base, variant = split_name(arch)
+        if base not in ARCHITECTURES or variant not in VARIANTS:
+            known = [f"llamacpp:{a}{v}" for a in ARCHITECTURES for v in VARIANTS]
+            raise UnknownTarget(f"unknown target 'llamacpp:{arch}'; llama.cpp targets: {', '.join(known)}")
+        if dtype != torch.float32 or str(device) != "cpu":
+            raise UnknownTarget(f"llamacpp:{arch} runs f32 weights on the CPU (the KV cache type is a variant: +f16kv); asked for {dtype} on {device}")
+        self.arch, self.variant = base, variant
+        self.name = name or f"llamacpp:{arch}"
+        self.dtype, self.device = dtype, device
+        self.kv_type, self.flash_attn = VARIANTS[variant]
+        self.tolerance = TOLERANCES[variant]
+        self.model = tiny_model(base, **SHAPES["tiny"])
+        self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-llamacpp-{base}-")
+        path = write_gguf(self.model, base, Path(self._folder.name) / f"{base}.gguf")
+        self.engine = Model(path, VOCAB_SIZE)
+        self.trim_extra = 0  # planted bugs only
+        self.last_stats: dict[str, int] = {}
+
+    @torch.no_grad()
+    def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        """[len(tokens), vocab] float32 logits of one HF forward over the same weights."""
+        return self.model(torch.tensor([list(tokens)]), use_cache=False).logits[0].float()
+
+    def context_shape(self, n_ctx: int, config: EngineConfig | None = None) -> ContextShape:
+        n_batch = (config.max_batch_tokens if config else None) or UNBOUNDED_BATCH
+        n_ubatch = min(n_batch, (config.chunk_size if config else None) or n_batch)
+        return ContextShape(n_ctx, n_batch, n_ubatch, N_SEQ_MAX, self.kv_type, self.flash_attn)
+
+    def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
+        validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        if len(requests) > BALLAST_SEQ:
+            raise ValueError(f"{len(requests)} requests: this target runs at most {BALLAST_SEQ} sequences at once")
+        need = sum(len(r.prompt) + r.max_new_tokens + config.spec_k for r in requests)
+        pool = need if config.num_blocks is None else config.num_blocks * config.block_size
+        n_ctx = -(-max(pool, 1) // CONTEXT_PAD) * CONTEXT_PAD
+        ctx = self.engine.context(self.context_shape(n_ctx, config))
+        self._fill_ballast(ctx, n_ctx - pool if config.num_blocks is not None else 0)
+        server = Server(ctx, config, self.vocab_size, self.trim_extra)
+        try:
+            return server.run(requests)
+        finally:
+            self.last_stats = dict(server.stats)
+
+    @staticmethod
+    def _fill_ballast(ctx, cells: int) -> None:
+        """Occupy ``cells`` cells with a sequence no request reads, so the pool is what is left."""
+        for start in range(0, cells, ctx.shape.n_batch):
+            n = min(ctx.shape.n_batch, cells - start)
+            rc = ctx.decode([(3, start + i, BALLAST_SEQ, False) for i in range(n)])
+            if rc != 0:
+                raise RuntimeError(f"llama_decode returned {rc} filling the ballast")
