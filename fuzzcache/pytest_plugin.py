@@ -55,7 +55,7 @@ def pytest_collect_file(file_path: Path, parent):
 
 # Target families whose engine lives in an environment of its own (README): their corpus files
 # carry the family's marker, and are skipped, naming that environment, where the engine is missing.
-ENGINE_ENVIRONMENTS = {"vllm": ("vllm", ".venv-vllm")}  # family -> (module, environment)
+ENGINE_ENVIRONMENTS = {"vllm": ("vllm", ".venv-vllm"), "llamacpp": ("llama_cpp", "an environment with the llamacpp extra")}  # family -> (module, environment)
 
 
 def engine_family(path: Path) -> str | None:
@@ -77,7 +77,7 @@ class CorpusFile(pytest.File):
             item.add_marker(family)
             module, environment = ENGINE_ENVIRONMENTS[family]
             if importlib.util.find_spec(module) is None:
-                item.add_marker(pytest.mark.skip(reason=f"{family}: targets run in {environment} (README: the test command's second part)"))
+                item.add_marker(pytest.mark.skip(reason=f"{family}: targets run in {environment} (see the README's test command)"))
         yield item
 
 

@@ -38,6 +38,7 @@ from fuzzcache.compare import Tolerance
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
 from fuzzcache.targets.llamacpp.engine import Server
 from fuzzcache.targets.llamacpp.gguf_model import GGUF_ARCHITECTURES, write_gguf
+from fuzzcache.targets.llamacpp.memory import MemorySession
 from fuzzcache.targets.llamacpp.library import CONTEXT_PAD, F16, F32, FLASH_OFF, FLASH_ON, ContextShape, Model
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
 
@@ -69,6 +70,7 @@ class LlamaCppTarget:
     min_block_size = 4  # cells are single tokens; a block only sizes the pool
     vocab_size = VOCAB_SIZE
     max_seq_len = MAX_SEQ_LEN
+    memory_seqs = 4  # sequences the surgery.memory property edits
     isolate = True  # a native assert aborts the process: run in a worker (fuzzcache.isolation)
 
     def __init__(self, arch: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu", name: str | None = None):
@@ -116,6 +118,10 @@ class LlamaCppTarget:
             return server.run(requests)
         finally:
             self.last_stats = dict(server.stats)
+
+    def memory_session(self) -> MemorySession:
+        """A cleared context of 256 cells for the ``surgery.memory`` property (sequences 0 .. memory_seqs - 1)."""
+        return MemorySession(self.engine.context(self.context_shape(CONTEXT_PAD)))
 
     @staticmethod
     def _fill_ballast(ctx, cells: int) -> None:
