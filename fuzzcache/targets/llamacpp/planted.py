@@ -15,3 +15,26 @@ def trim_one_short(**options) -> LlamaCppTarget:
     target = LlamaCppTarget("llama", name="llamacpp:llama+trim_one_short", **options)
     target.trim_extra = 1
     return target
+
+
+class ShiftRangeOneShort:
+    """A memory session whose seq_add leaves the last position of its range where it was."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        self.session.add(seq, p0, p1 - 1 if p1 > 0 else p1, delta)  # [p0, p1 - 1): the entry at p1 - 1 stays
+
+
+class PlantedMemoryTarget(LlamaCppTarget):
+    def memory_session(self):
+        return ShiftRangeOneShort(super().memory_session())
+
+
+def shift_range_one_short(**options) -> LlamaCppTarget:
+    """llamacpp:llama whose wrapper passes seq_add a range one position short at a finite end."""
+    return PlantedMemoryTarget("llama", name="llamacpp:llama+shift_range_one_short", **options)

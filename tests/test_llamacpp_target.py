@@ -1,0 +1,181 @@
+"""llama.cpp as a target (llamacpp:<arch>): the GGUF-written tiny models agree with the HF oracle
+on traces that reach every mapped path (shared batches, seq_cp prefix reuse, n_batch / n_ubatch
+splits, drafts trimmed with seq_rm, a full cache that preempts), in every precision variant
+within its measured tolerance; surgery.memory's oracle agrees with llama.cpp's own memory ops
+where llama.cpp is right and catches a planted wrapper bug; bounded fuzz runs find nothing but
+the triaged upstream bugs; a trim bug planted in the serving loop is caught and shrunk; and the
+upstream abort the target works around is still there (a subprocess)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from hypothesis import settings
+
+from fuzzcache import EngineConfig, Request
+from fuzzcache.compare import target_tolerance
+from fuzzcache.oracle import greedy_continuation
+from fuzzcache.properties import PROPERTIES
+from fuzzcache.runner import run_property
+from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario
+from fuzzcache.targets import UnknownTarget, resolve_target
+
+from bounded import assert_only_triaged_findings
+
+pytest.importorskip("llama_cpp", reason="llamacpp:<arch> targets need the llamacpp extra (README: the test command installs it)")
+pytestmark = pytest.mark.llamacpp
+
+BOUNDED = settings(max_examples=40, deadline=None, database=None, derandomize=True)
+FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)
+SHARED = (5, 9, 3, 17, 40, 22, 8, 11, 60, 33)
+TRACE = (
+    Request(0, SHARED + (7, 7), 6),
+    Request(1, SHARED + (9,), 5, arrival=2),  # shares 10 tokens with request 0, arriving late
+    Request(2, (16, 16, 16, 16), 8),  # trigram drafts: some accepted, some rejected (llama and qwen2)
+    Request(3, (5,), 0),
+)
+_TARGETS: dict[str, object] = {}
+
+
+def target_for(spec: str):
+    if spec not in _TARGETS:
+        _TARGETS[spec] = resolve_target(spec)
+    return _TARGETS[spec]
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def llamacpp_target(request):
+    return target_for(f"llamacpp:{request.param}")
+
+
+def assert_equals_oracle(target, trace, config) -> list:
+    out = target.generate(trace, config)
+    tol = target_tolerance(target)
+    for r, c in zip(trace, out):
+        want = greedy_continuation(target.reference_logits, r.prompt, r.max_new_tokens)[0]
+        assert c.tokens == want, (r.rid, c.tokens, want, config)
+        if c.tokens:
+            rows = target.reference_logits(list(r.prompt) + c.tokens)[len(r.prompt) - 1 : -1]
+            assert float((rows - c.logits).abs().max()) <= tol.logits, (r.rid, config)
+    return out
+
+
+@pytest.mark.parametrize("config,reaches", [
+    (EngineConfig(), "one shared batch per step"),
+    (EngineConfig(prefix_cache=True, max_num_seqs=1), "prefix"),
+    (EngineConfig(max_batch_tokens=5, chunk_size=2), "budget"),
+    (EngineConfig(spec_k=3, draft="trigram"), "drafts"),
+    (EngineConfig(num_blocks=9, block_size=4, max_num_seqs=3), "preemption"),
+])
+def test_every_mapped_path_equals_the_oracle(llamacpp_target, config, reaches):
+    out = assert_equals_oracle(llamacpp_target, TRACE, config)
+    stats = llamacpp_target.last_stats
+    if reaches == "prefix":
+        assert out[1].stats["cached_prefix_tokens"] == len(SHARED), out[1].stats  # seq_cp of the shared 10 tokens
+    if reaches == "budget":
+        assert stats["steps"] > EngineConfig(max_batch_tokens=5).max_batch_tokens  # prompts span several decodes
+    if reaches == "drafts":
+        proposed, accepted = (sum(c.stats[k] for c in out) for k in ("draft_proposed", "draft_accepted"))
+        assert 0 < accepted < proposed, [c.stats for c in out]  # drafts accepted and rejected ones trimmed
+    if reaches == "preemption":
+        assert stats["no_slot"] > 0 and stats["preemptions"] > 0, stats  # llama_decode returned 1 on the full cache
+
+
+@pytest.mark.parametrize("variant", ["+f16kv", "+flash", "+f16kv+flash"])
+def test_precision_variants_stay_within_their_measured_tolerance(variant):
+    target = target_for(f"llamacpp:llama{variant}")
+    assert target_tolerance(target).logits > target_tolerance(target_for("llamacpp:llama")).logits
+    out = target.generate(TRACE, EngineConfig(prefix_cache=True, spec_k=2, draft="prompt_lookup"))
+    for r, c in zip(TRACE, out):
+        if c.tokens:
+            rows = target.reference_logits(list(r.prompt) + c.tokens)[len(r.prompt) - 1 : -1]
+            assert float((rows - c.logits).abs().max()) <= target.tolerance.logits, (variant, r.rid)
+
+
+def test_each_call_starts_with_an_empty_cache(llamacpp_target):
+    config = EngineConfig(prefix_cache=True)
+    first = llamacpp_target.generate(TRACE[:1], config)
+    again = llamacpp_target.generate(TRACE[:1], config)
+    assert again[0].stats["cached_prefix_tokens"] == 0 and again[0].tokens == first[0].tokens
+
+
+def test_unknown_names_and_unsupported_options_are_refused_clearly():
+    with pytest.raises(UnknownTarget, match="llamacpp:llama\\+f16kv"):
+        resolve_target("llamacpp:mistral")
+    with pytest.raises(UnknownTarget, match="f32 weights on the CPU"):
+        resolve_target("llamacpp:llama", dtype="fp16")
+
+
+MEMORY_SAMPLES = [  # (scenario, what it exercises); llama.cpp is right on each
+    (MemoryScenario(((3, 4, 5, 6, 7, 8),), (MemoryOp("add", 0, p0=2, p1=-1, value=5), MemoryOp("decode", 0, tokens=(9, 10))), (11,)), "shift by +5"),
+    (MemoryScenario((tuple(range(3, 13)),), (MemoryOp("context_shift", 0, p0=2, value=4),), (11, 12)), "context shift"),
+    (MemoryScenario(((3, 4, 5), (6, 7)), (MemoryOp("cp", 0, other=2, p0=0, p1=2), MemoryOp("rm", 1, p0=1), MemoryOp("keep", 2)), (5,)), "cp, rm, keep"),
+    (MemoryScenario(((3, 4, 5, 6),), (MemoryOp("decode", 0, tokens=(7,)), MemoryOp("save_restore", 0, other=3)), (8,)), "state restored into another id"),
+]
+
+
+@pytest.mark.parametrize("scenario,what", MEMORY_SAMPLES, ids=[w for _, w in MEMORY_SAMPLES])
+def test_memory_ops_agree_with_the_independent_oracle(scenario, what):
+    PROPERTIES["surgery.memory"].check(target_for("llamacpp:llama"), scenario)
+
+
+@pytest.mark.parametrize("property_id", ["engine.trace", "engine.same.prefix_cache", "engine.same.pool", "engine.same.chunked",
+                                         "engine.same.speculative", "prefix.hit", "surgery.memory"])
+def test_bounded_run_on_llamacpp_llama(property_id, tmp_path):
+    """The ci profile's bounded run: the only findings allowed are triaged in corpus/llamacpp:llama."""
+    target = target_for("llamacpp:llama")
+    assert PROPERTIES[property_id].applies_to(target)
+    assert_only_triaged_findings(target, "llamacpp:llama", property_id, BOUNDED, tmp_path)
+
+
+def test_a_trim_that_leaves_a_rejected_draft_is_caught_and_shrunk(tmp_path):
+    spec = "fuzzcache.targets.llamacpp.planted:trim_one_short"
+    run = run_property(PROPERTIES["engine.trace"], resolve_target(spec), spec, FIND, tmp_path)
+    assert len(run.found) == 1, run.found
+    found = run.found[0]
+    print(f"trim_one_short: found after {run.examples_to_find} examples; repro {found.scenario.short()}")
+    # minimal trigger: one request whose single draft is rejected, then one more decode
+    assert len(found.scenario.requests) == 1 and found.scenario.config.spec_k == 1, found.scenario.short()
+    PROPERTIES["engine.trace"].check(target_for("llamacpp:llama"), found.scenario)  # the unplanted target passes it
+
+
+def test_a_shift_range_bug_planted_in_the_memory_wrapper_is_caught_and_shrunk(tmp_path):
+    """Keep going past the triaged upstream bugs (as a campaign does) until the planted one shows."""
+    spec = "fuzzcache.targets.llamacpp.planted:shift_range_one_short"
+    target, known, planted = resolve_target(spec), set(), None
+    for _ in range(8):
+        run = run_property(PROPERTIES["surgery.memory"], target, spec, FIND, tmp_path, known=known)
+        known |= {sig for saved in run.found for sig in saved.signatures}
+        planted = next((saved for saved in run.found if [op.kind for op in saved.scenario.ops] == ["add"]), None)
+        if planted is not None or not run.found:
+            break
+    assert planted is not None, "the planted seq_add range bug was not found"
+    print(f"shift_range_one_short: repro {planted.scenario.short()}")
+    PROPERTIES["surgery.memory"].check(target_for("llamacpp:llama"), planted.scenario)  # llama.cpp itself passes it
+
+
+def test_llamacpp_still_aborts_when_n_batch_is_below_n_seq_max():
+    """The upstream abort the target avoids (corpus/llamacpp-outputs-below-seq-max.md): a context of
+    n_batch=1, n_seq_max=2 and llama.cpp's default n_outputs_max aborts on its first decode."""
+    code = (
+        "from fuzzcache.targets.llamacpp.library import ContextShape, Model\n"
+        "from fuzzcache.targets.llamacpp.gguf_model import write_gguf\n"
+        "from fuzzcache.targets.tiny_models import SHAPES, tiny_model\n"
+        "import sys, tempfile, os\n"
+        "path = os.path.join(tempfile.mkdtemp(), 'm.gguf')\n"
+        "write_gguf(tiny_model('llama', **SHAPES['tiny']), 'llama', path)\n"
+        "model = Model(path, 64)\n"
+        "lib = model.lib\n"
+        "params = lib.llama_context_default_params()\n"
+        "params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 256, 1, 1, 2\n"
+        "ctx = lib.llama_init_from_model(model.handle, params)\n"
+        "batch = lib.llama_batch_init(1, 0, 1)\n"
+        "batch.n_tokens = 1; batch.token[0] = 5; batch.pos[0] = 0; batch.n_seq_id[0] = 1; batch.seq_id[0][0] = 0; batch.logits[0] = 1\n"
+        "print('decode returned', lib.llama_decode(ctx, batch))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGABRT, (done.returncode, done.stdout, done.stderr[-2000:])
+    assert "GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max) failed" in done.stderr
