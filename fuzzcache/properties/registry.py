@@ -14,7 +14,7 @@ class Property:
     id: str  # stable, e.g. "engine.trace"; corpus files and --property use it
     level: str  # "engine" (any target, through the contract), "op" (the reference engine's own paths),
     # "paths" (a target with several paths of its own, compared through ``generate_via``), "surgery" (a target's ``surgery`` ops)
-    # or "memory" (an engine that edits its own KV memory: ``memory_session()``)
+    # or "memory" (an engine that edits its own KV memory: ``run_memory_script``)
     description: str
     scenario_type: type
     strategy: Callable[[Any], st.SearchStrategy]  # target -> strategy of scenarios
@@ -39,8 +39,8 @@ class Property:
                 return INSTALL_HINT
             if not hasattr(target, "surgery"):
                 return "a target with ``surgery`` ops"
-        if self.level == "memory" and not hasattr(target, "memory_session"):
-            return "an engine that edits its own KV memory (``memory_session``, e.g. llamacpp:<arch>)"
+        if self.level == "memory" and not hasattr(target, "run_memory_script"):
+            return "an engine that edits its own KV memory (``run_memory_script``, e.g. llamacpp:<arch>)"
         missing = self.requires - frozenset(getattr(target, "features", ()))
         return f"the features {sorted(missing)}" if missing else None
 

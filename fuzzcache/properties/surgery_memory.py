@@ -1,103 +1,34 @@
 """surgery.memory -- KV-cache surgery done by the engine itself (seed 004's shifts, cuts and copies,
 on the engine's own memory): a few sequences are decoded, then a generated composition of the
 engine's memory operations (remove, copy, keep, shift by any Δ, divide positions, context shift,
-save a sequence's state and restore it into another id) edits them, and every decode after
-(and a final probe of every sequence, in one shared batch) must give the logits the model gives
-with the cache those operations describe (``MemoryModel``: the model's own forward and its own
-rotary at the new positions, computed without the engine). Positions reported by the engine
-(pos_min / pos_max per sequence) must match too."""
+save a sequence's state and restore it into another id) edits them. Every decode after (and a
+final probe of every sequence, in one shared batch) must give the logits the model gives over the
+cache those operations describe (``MemoryModel``: the model's own forward and its own rotary at
+the new positions, computed without the engine), and the positions the engine reports for each
+sequence (pos_min, pos_max) must match after every op.
+
+The engine runs the whole script in one call (``target.run_memory_script``), so a target in a
+worker process runs it there; the comparison happens here, step by step."""
 
 from __future__ import annotations
 
 from fuzzcache.compare import target_tolerance
 from fuzzcache.coverage import reached
-from fuzzcache.findings import mismatch
+from fuzzcache.findings import contract, mismatch
 from fuzzcache.guard import call_target
 from fuzzcache.properties.registry import Property, register
-from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario
+from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario, Observation, run_script
 from strategies.memory import memory_scenarios
 
-
-def lowest_in_range(oracle, seq: int, p0: int, p1: int) -> int | None:
-    from fuzzcache.surgery.memory_model import span
-
-    lo, hi = span(p0, p1)
-    return min((e.pos for e in oracle.entries(seq) if lo <= e.pos < hi), default=None)
+MOVES = ("add", "div", "context_shift")  # ops that move cached keys to new positions
+SHARED_MOVE = "a move of entries another sequence shares through seq_cp"
 
 
 def effect_of(oracle, op: MemoryOp) -> str:
     """'moved shared', 'moved' or 'edited': what ``op`` (just applied) did to the oracle's entries."""
     if op.kind in MOVES and oracle.moved_shared:
-        reached("memory: moved entries shared through seq_cp")
         return "moved shared"
     return "moved" if op.kind in MOVES and oracle.moved else "edited"
-
-
-def apply(session, oracle, op: MemoryOp) -> dict | None:
-    """Run ``op`` on the engine and the oracle; a decode's tokens by sequence (compared by the caller)."""
-    if op.kind == "decode":
-        reached("memory op decode")
-        return {op.seq: op.tokens}
-    if op.kind == "rm":
-        if not session.rm(op.seq, op.p0, op.p1):
-            raise mismatch(f"{op.short()}: seq_rm returned false (a KV cache removes any range)")
-        oracle.rm(op.seq, op.p0, op.p1)
-    elif op.kind == "cp":
-        session.cp(op.seq, op.other, op.p0, op.p1)
-        oracle.cp(op.seq, op.other, op.p0, op.p1)
-    elif op.kind == "keep":
-        session.keep(op.seq)
-        oracle.keep(op.seq)
-    elif op.kind == "add":
-        session.add(op.seq, op.p0, op.p1, op.value)
-        oracle.add(op.seq, op.p0, op.p1, op.value)
-        lowest = lowest_in_range(oracle, op.seq, op.p0, op.p1)
-        if lowest is not None and lowest < 0:
-            reached("memory: entries shifted below position 0")
-    elif op.kind == "div":
-        session.div(op.seq, op.p0, op.p1, op.value)
-        oracle.div(op.seq, op.p0, op.p1, op.value)
-    elif op.kind == "save_restore":
-        session.restore(session.save(op.seq), op.other)
-        oracle.restore(oracle.save(op.seq), op.other)
-    elif op.kind == "context_shift":
-        keep, discard = max(op.p0, 0), op.value
-        for side in (session, oracle):
-            side.rm(op.seq, keep, keep + discard)
-            side.add(op.seq, keep + discard, -1, -discard)
-    reached(f"memory op {op.kind}")
-    return None
-
-
-MOVES = ("add", "div", "context_shift")  # ops that move cached keys to new positions
-
-
-SHARED_MOVE = "a move of entries another sequence shares through seq_cp"
-
-
-def suspects(ops: list[tuple[MemoryOp, str]]) -> str:
-    """What a logits divergence is filed under (its signature): a move of shared entries since
-    the start if any (its effects last), else the kinds of the ops that moved entries since the last
-    decode that agreed, else the other edits since then."""
-    if any(effect == "moved shared" for _, effect in ops):
-        return f"logits after {SHARED_MOVE}"
-    kinds = sorted({op.kind for op, effect in ops if effect == "moved"}) or sorted({op.kind for op, _ in ops if op.kind != "decode"})
-    return "logits after " + ("+".join(kinds) or "decode")
-
-
-def compare(target, session, oracle, tokens_by_seq: dict, after: str, since: dict) -> None:
-    """One engine decode of every sequence's tokens vs the oracle's; ``since[seq]``: the edits to
-    ``seq`` since its last decode that agreed (what a divergence is filed under)."""
-    tol = target_tolerance(target).logits
-    got = call_target(f"{target.name}.memory decode", session.decode, tokens_by_seq)
-    for seq, tokens in tokens_by_seq.items():
-        want = oracle.decode(seq, tokens)  # (n, V)
-        diff = (got[seq].float() - want).abs().amax(-1)  # (n,)
-        worst = int(diff.argmax())
-        if not float(diff[worst]) <= tol:
-            raise mismatch(f"sequence {seq}, token {worst} of {len(tokens)} decoded after {after or 'the prompts'}: logits differ from "
-                           f"the model's over the cache the operations describe by {float(diff[worst]):.3g} (> {tol:g})",
-                           seq=seq, step=worst, max_abs_diff=float(diff[worst]), what=suspects(since.get(seq, [])))
 
 
 def touched(op: MemoryOp, n_seqs: int) -> list[int]:
@@ -109,41 +40,78 @@ def touched(op: MemoryOp, n_seqs: int) -> list[int]:
     return [op.seq]
 
 
-def check_positions(session, oracle, n_seqs: int, after: str, op: MemoryOp, effect: str) -> None:
-    for seq in range(n_seqs):
-        got, want = (session.pos_min(seq), session.pos_max(seq)), (oracle.pos_min(seq), oracle.pos_max(seq))
-        if got != want:
-            raise mismatch(f"after {after}: sequence {seq} holds positions {got[0]}..{got[1]} (pos_min, pos_max), expected {want[0]}..{want[1]}",
-                           seq=seq, what=f"positions after {SHARED_MOVE if effect == 'moved shared' else op.kind}")
+def suspects(edits: list[tuple[MemoryOp, str]]) -> str:
+    """What a logits divergence is filed under (its signature): a move of shared entries since the
+    start if any (its effects last), else the kinds of the ops that moved entries of the sequence
+    since its last decode that agreed, else its other edits since then."""
+    if any(effect == "moved shared" for _, effect in edits):
+        return f"logits after {SHARED_MOVE}"
+    kinds = sorted({op.kind for op, effect in edits if effect == "moved"}) or sorted({op.kind for op, _ in edits if op.kind != "decode"})
+    return "logits after " + ("+".join(kinds) or "decode")
+
+
+class OracleRun:
+    """The oracle's run of a script, with what each op did (for the signatures)."""
+
+    def __init__(self, target, s: MemoryScenario):
+        from fuzzcache.surgery.memory_model import MemoryModel
+
+        self.oracle, self.effects = MemoryModel(target.model), {}
+        n_seqs = target.memory_seqs
+        self.observations = run_script(self.oracle, s, n_seqs, (), self._after)
+        self.probe_seqs = tuple(seq for seq in range(n_seqs) if self.oracle.entries(seq))  # every sequence holding entries
+        if self.probe_seqs:
+            self.observations.append(Observation("decode", None, self.oracle.decode_batch({seq: s.probe for seq in self.probe_seqs})))
+
+    def _after(self, index: int, op: MemoryOp) -> None:
+        self.effects[index] = effect_of(self.oracle, op)
+        reached(f"memory op {op.kind}")
+        if self.effects[index] == "moved shared":
+            reached("memory: moved entries shared through seq_cp")
 
 
 def check_memory(target, s: MemoryScenario) -> None:
-    from fuzzcache.surgery.memory_model import MemoryModel
-
-    session, oracle = target.memory_session(), MemoryModel(target.model)
-    n_seqs = target.memory_seqs
-    compare(target, session, oracle, dict(enumerate(s.prompts)), "", {})
+    want = OracleRun(target, s)
+    got = call_target(f"{target.name}.run_memory_script", target.run_memory_script, s, want.probe_seqs)
+    if [o.kind for o in got] != [o.kind for o in want.observations]:
+        raise contract(f"run_memory_script returned steps {[o.kind for o in got]}, expected {[o.kind for o in want.observations]}")
+    tol, n_seqs = target_tolerance(target).logits, target.memory_seqs
     done: list[str] = []
-    shared_moved: list[tuple[MemoryOp, str]] = []  # moves of shared entries: they may affect any sequence from then on
+    shared: list[tuple[MemoryOp, str]] = []  # moves of shared entries: they may affect any sequence from then on
     since: dict[int, list[tuple[MemoryOp, str]]] = {}  # per sequence: its edits since its last decode that agreed
-    for op in s.ops:
-        if op.seq >= n_seqs or op.other >= n_seqs:
-            continue
-        decode = apply(session, oracle, op)
-        effect = effect_of(oracle, op)
-        done.append(op.short())
-        if effect == "moved shared":
-            shared_moved.append((op, effect))
-        for seq in touched(op, n_seqs):
-            since.setdefault(seq, []).append((op, effect))
-        if decode:
-            compare(target, session, oracle, decode, " ".join(done[:-1]), {op.seq: since.get(op.seq, []) + shared_moved})
-            since[op.seq] = []
-        check_positions(session, oracle, n_seqs, " ".join(done), op, "moved shared" if shared_moved else effect)
-    live = {seq: s.probe for seq in range(n_seqs) if oracle.entries(seq)}
-    if live:
-        compare(target, session, oracle, live, " ".join(done), {seq: since.get(seq, []) + shared_moved for seq in live})
-        reached(f"memory probe of {len(live)} sequence(s)")
+    counted: set[int] = set()
+    for g, w in zip(got, want.observations):
+        op = s.ops[w.op] if w.op is not None else None
+        if op is not None and w.op not in counted:  # the op's edits, once
+            counted.add(w.op)
+            effect = want.effects.get(w.op, "edited")
+            if op.kind != "decode":
+                done.append(op.short())
+            if effect == "moved shared":
+                shared.append((op, effect))
+            for seq in touched(op, n_seqs) if op.kind != "decode" else []:
+                since.setdefault(seq, []).append((op, effect))
+        after = " ".join(done) or "the prompts"
+        if w.kind == "rm" and not g.data:
+            raise mismatch(f"{op.short()}: seq_rm returned false (a KV cache removes any range)", what="rm refused")
+        if w.kind == "positions" and g.data != w.data:
+            seq = next(i for i, (a, b) in enumerate(zip(g.data, w.data)) if a != b)
+            raise mismatch(f"after {after}: sequence {seq} holds positions {g.data[seq][0]}..{g.data[seq][1]} (pos_min, pos_max), "
+                           f"expected {w.data[seq][0]}..{w.data[seq][1]}", seq=seq,
+                           what=f"positions after {SHARED_MOVE if shared else op.kind}")
+        if w.kind == "decode":
+            for seq, rows in w.data.items():
+                diff = (g.data[seq].float() - rows).abs().amax(-1)  # (n,)
+                worst = int(diff.argmax())
+                if not float(diff[worst]) <= tol:
+                    raise mismatch(f"sequence {seq}, token {worst} of {len(rows)} decoded after {after}: logits differ from the model's "
+                                   f"over the cache the operations describe by {float(diff[worst]):.3g} (> {tol:g})",
+                                   seq=seq, step=worst, max_abs_diff=float(diff[worst]), what=suspects(since.get(seq, []) + shared))
+                since[seq] = []
+            if op is not None:
+                done.append(op.short())
+    if want.probe_seqs:
+        reached(f"memory probe of {len(want.probe_seqs)} sequence(s)")
 
 
 register(Property(

@@ -11,9 +11,9 @@ operations follow llama.h's documentation, sequence by sequence:
     add(s, p0, p1, Δ)     entries of s in [p0, p1) move to pos + Δ: keys rotated by Δ (the model's own
                           frequencies, fuzzcache.surgery.rotary); an entry moved below 0 goes
     div(s, p0, p1, d)     entries of s in [p0, p1) move to pos // d, keys rotated likewise
-    restore(entries, s)   s's entries replaced by a saved copy (new entries, not shared)
+    copy_state(src, dst)  dst's entries replaced by a saved copy of src's (new entries, not shared)
 
-(p0 < 0 means 0, p1 < 0 means no end.) ``decode(s, tokens)`` runs the model on ``tokens`` at
+(p0 < 0 means 0, p1 < 0 means no end.) ``decode(s, tokens)`` (``decode_batch({s: tokens})``) runs the model on ``tokens`` at
 positions pos_max(s) + 1 ... with s's entries as its cache, and appends their entries: the
 logits a correct engine returns whatever the edits before.
 """
@@ -84,9 +84,14 @@ class MemoryModel:
                                  [layer.values[:, :, j : j + 1].clone() for layer in new]))
         return out.logits[0].float()  # (n, V)
 
-    def rm(self, seq: int, p0: int, p1: int) -> None:
+    def decode_batch(self, tokens_by_seq: dict[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+        """``decode`` of each sequence's tokens: (n, V) logits per sequence."""
+        return {seq: self.decode(seq, tokens) for seq, tokens in tokens_by_seq.items()}
+
+    def rm(self, seq: int, p0: int, p1: int) -> bool:
         lo, hi = span(p0, p1)
         self.seqs[seq] = [e for e in self.entries(seq) if not lo <= e.pos < hi]
+        return True
 
     def cp(self, src: int, dst: int, p0: int, p1: int) -> None:
         if src == dst:
@@ -106,14 +111,13 @@ class MemoryModel:
         lo, hi = span(p0, p1)
         self._move(seq, lambda pos: pos // d if lo <= pos < hi else pos)
 
-    def save(self, seq: int) -> list[Entry]:
-        return copy.deepcopy(self.entries(seq))
-
-    def restore(self, saved: list[Entry], seq: int) -> None:
-        self.seqs[seq] = []
-        for e in copy.deepcopy(saved):
+    def copy_state(self, src: int, dst: int) -> None:
+        """``dst``'s entries replaced by a saved copy of ``src``'s."""
+        saved = copy.deepcopy(self.entries(src))
+        self.seqs[dst] = []
+        for e in saved:
             self.cells += 1
-            self.seqs[seq].append(Entry(e.pos, self.cells, e.keys, e.values))
+            self.seqs[dst].append(Entry(e.pos, self.cells, e.keys, e.values))
 
     def _move(self, seq: int, where) -> None:
         elsewhere = {e.cell for other, entries in self.seqs.items() if other != seq for e in entries}

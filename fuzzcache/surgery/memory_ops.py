@@ -50,3 +50,53 @@ class MemoryScenario:
         for prompts in fewer_items(self.prompts, 1):
             yield MemoryScenario(prompts, self.ops, self.probe)
         yield from field_reductions(self, {"probe": 1})
+
+
+@dataclass
+class Observation:
+    """What one step of a script showed: ``kind`` "decode" (``data``: {seq: (n, V) logits}),
+    "positions" (``data``: ((pos_min, pos_max) per sequence)) or "rm" (``data``: seq_rm's result).
+    ``op``: the index of the op in ``scenario.ops`` (None: the prompts or the probe)."""
+
+    kind: str
+    op: int | None
+    data: object
+
+
+def calls_of(op: MemoryOp) -> list[tuple]:
+    """The memory calls one op makes, in order (the composite ops spelled out)."""
+    if op.kind == "context_shift":
+        keep = max(op.p0, 0)
+        return [("rm", op.seq, keep, keep + op.value), ("add", op.seq, keep + op.value, -1, -op.value)]
+    if op.kind == "save_restore":
+        return [("copy_state", op.seq, op.other)]
+    if op.kind == "cp":
+        return [("cp", op.seq, op.other, op.p0, op.p1)]
+    if op.kind == "keep":
+        return [("keep", op.seq)]
+    if op.kind in ("add", "div"):
+        return [(op.kind, op.seq, op.p0, op.p1, op.value)]
+    return [("rm", op.seq, op.p0, op.p1)]
+
+
+def run_script(memory, scenario: MemoryScenario, n_seqs: int, probe_seqs: tuple[int, ...], after_op=None) -> list[Observation]:
+    """Run ``scenario`` on ``memory`` (an engine's session or ``MemoryModel``: ``decode_batch({seq: tokens})``,
+    ``rm``, ``cp``, ``keep``, ``add``, ``div``, ``copy_state``, ``pos_min``, ``pos_max``) and return what
+    each step showed. The prompts go in one batch, the probe into ``probe_seqs`` in one batch; an op
+    naming a sequence past ``n_seqs`` is skipped. ``after_op(index, op)`` is called after each op."""
+    out = [Observation("decode", None, memory.decode_batch(dict(enumerate(scenario.prompts))))]
+    for i, op in enumerate(scenario.ops):
+        if op.seq >= n_seqs or op.other >= n_seqs:
+            continue
+        if op.kind == "decode":
+            out.append(Observation("decode", i, memory.decode_batch({op.seq: op.tokens})))
+        for name, *args in calls_of(op) if op.kind != "decode" else []:
+            result = getattr(memory, name)(*args)
+            if name == "rm":
+                out.append(Observation("rm", i, bool(result)))
+        if after_op is not None:
+            after_op(i, op)
+        out.append(Observation("positions", i, tuple((memory.pos_min(s), memory.pos_max(s)) for s in range(n_seqs))))
+    if probe_seqs:
+        out.append(Observation("decode", None, memory.decode_batch({s: scenario.probe for s in probe_seqs})))
+    return out

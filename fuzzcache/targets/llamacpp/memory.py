@@ -17,7 +17,7 @@ class MemorySession:
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
-    def decode(self, tokens_by_seq: dict[int, Sequence[int]]) -> dict[int, torch.Tensor]:
+    def decode_batch(self, tokens_by_seq: dict[int, Sequence[int]]) -> dict[int, torch.Tensor]:
         """One ``llama_decode`` of every sequence's tokens at pos_max + 1 ...; (n, V) logits per sequence."""
         rows, where = [], {}
         for seq, tokens in tokens_by_seq.items():
@@ -44,12 +44,11 @@ class MemorySession:
     def div(self, seq: int, p0: int, p1: int, d: int) -> None:
         self.ctx.seq_div(seq, p0, p1, d)
 
-    def save(self, seq: int) -> bytes:
-        return self.ctx.state_get(seq)
-
-    def restore(self, saved: bytes, seq: int) -> None:
-        if self.ctx.state_set(saved, seq) == 0:
-            raise EngineError(f"llama_state_seq_set_data into sequence {seq} read nothing ({len(saved)} bytes given)")
+    def copy_state(self, src: int, dst: int) -> None:
+        """``llama_state_seq_get_data`` of ``src`` restored with ``llama_state_seq_set_data`` into ``dst``."""
+        saved = self.ctx.state_get(src)
+        if self.ctx.state_set(saved, dst) == 0:
+            raise EngineError(f"llama_state_seq_set_data into sequence {dst} read nothing ({len(saved)} bytes of sequence {src})")
 
     def pos_min(self, seq: int) -> int:
         return self.ctx.pos_min(seq)

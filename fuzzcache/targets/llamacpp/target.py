@@ -38,6 +38,7 @@ from fuzzcache.compare import Tolerance
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
 from fuzzcache.targets.llamacpp.engine import Server
 from fuzzcache.targets.llamacpp.gguf_model import GGUF_ARCHITECTURES, write_gguf
+from fuzzcache.surgery.memory_ops import MemoryScenario, Observation, run_script
 from fuzzcache.targets.llamacpp.memory import MemorySession
 from fuzzcache.targets.llamacpp.library import CONTEXT_PAD, F16, F32, FLASH_OFF, FLASH_ON, ContextShape, Model
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
@@ -122,8 +123,12 @@ class LlamaCppTarget:
             self.last_stats = dict(server.stats)
 
     def memory_session(self) -> MemorySession:
-        """A cleared context of 256 cells for the ``surgery.memory`` property (sequences 0 .. memory_seqs - 1)."""
+        """A cleared context of 256 cells whose sequences 0 .. memory_seqs - 1 the caller edits."""
         return MemorySession(self.engine.context(self.context_shape(CONTEXT_PAD)))
+
+    def run_memory_script(self, scenario: MemoryScenario, probe_seqs: tuple[int, ...]) -> list[Observation]:
+        """``surgery.memory``'s script on llama.cpp's own memory ops, in one call (so it runs in a worker process)."""
+        return run_script(self.memory_session(), scenario, self.memory_seqs, probe_seqs)
 
     @staticmethod
     def _fill_ballast(ctx, cells: int) -> None:
