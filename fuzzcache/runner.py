@@ -270,13 +270,14 @@ def _classification(path: Path) -> str | None:
         return None  # `fuzzcache replay` names the broken file
 
 
-def replay(case: corpus.Case, target=None) -> Finding | None:
-    """Run a saved case again; the finding if it still fails, None if the target now agrees."""
+def replay(case: corpus.Case, target=None, isolate: bool | None = None) -> Finding | None:
+    """Run a saved case again; the finding if it still fails, None if the target now agrees.
+    ``isolate`` as ``resolve_target``'s, when ``target`` is not given."""
     from fuzzcache.guard import Unsupported
     from fuzzcache.properties import get
     from fuzzcache.targets import resolve_target
 
-    target = target if target is not None else resolve_target(case.target, **case.target_options)
+    target = target if target is not None else resolve_target(case.target, **case.target_options, isolate=isolate)
     try:
         checked(get(case.property), target, case.scenario)
     except Finding as f:
