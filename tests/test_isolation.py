@@ -55,8 +55,8 @@ def test_an_abort_is_a_crash_with_its_signal_shrunk_to_its_trigger_and_the_campa
     assert not result.interrupted
     (saved,) = result.totals[TRACE.id].found
     assert saved.kind == "crash" and "killed by SIGABRT" in saved.message, saved.message
-    (request,) = saved.scenario.requests  # shrunk and minimized to the trigger: one request, 3 tokens, one of them 7
-    assert len(request.prompt) == 3 and 7 in request.prompt and request.max_new_tokens <= 1, saved.scenario
+    (request,) = saved.scenario.requests  # shrunk and minimized to the trigger: 7 and two zeros, in any order
+    assert sorted(request.prompt) == [0, 0, 7] and request.max_new_tokens == 1, saved.scenario
     record = json.loads(saved.path.read_text())
     assert record["divergence"]["signal"] == "SIGABRT" and record["divergence"]["exitcode"] == -6
     assert "GGML_ASSERT(token != 7) failed" in record["divergence"]["stderr_tail"]
@@ -106,7 +106,7 @@ def test_a_stuck_target_is_a_hang_and_its_worker_is_killed_in_any_thread(monkeyp
 
 def test_a_hang_in_a_fuzz_run_outside_the_main_thread_is_found(tmp_path, monkeypatch):
     """SIGALRM only works in the main thread; a worker process is timed by the pipe."""
-    monkeypatch.setattr(guard, "TIME_LIMIT_S", 0.2)  # some 40x the slowest legitimate generate here
+    monkeypatch.setattr(guard, "TIME_LIMIT_S", 0.3)  # some 30x the slowest legitimate generate here, under load
     monkeypatch.setattr(runner, "RERUNS", 0)  # each hanging example costs the whole limit
     target = resolve_target(SLEEPS)
     out: list = []
@@ -114,10 +114,7 @@ def test_a_hang_in_a_fuzz_run_outside_the_main_thread_is_found(tmp_path, monkeyp
     thread.start()
     thread.join(timeout=120)
     (run,) = out
-    (saved,) = run.found
-    assert saved.kind == "hang"
-    (request,) = saved.scenario.requests
-    assert request.prompt == (5,)
+    assert [(s.kind, s.scenario.requests) for s in run.found] == [("hang", (Request(0, (5,), 1),))], (run.found, run.error)
     target.close()
 
 
