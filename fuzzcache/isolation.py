@@ -113,6 +113,8 @@ class IsolatedTarget:
             raise AttributeError(name)
         if name not in self._attrs:
             status, value = self._request(("attr", name), f"{self._spec}.{name}", START_LIMIT_S, name)
+            if status == "failed":
+                raise IsolationError(f"reading {name!r} of target {self._spec!r} in its worker process failed:\n{value}")
             self._attrs[name] = Method(self, name) if status == "method" else value if status == "value" else (_MISSING, value)
         value = self._attrs[name]
         if isinstance(value, tuple) and value and value[0] is _MISSING:
@@ -140,8 +142,8 @@ class IsolatedTarget:
         self.worker_starts += 1
         try:
             status, detail = self._receive("starting the worker", START_LIMIT_S, "__init__")
-        except Finding as death:
-            raise IsolationError(f"the worker process for target {self._spec!r} died while building it: {death.message}\n"
+        except Finding as death:  # it died, or did not answer within START_LIMIT_S
+            raise IsolationError(f"the worker process for target {self._spec!r} did not start: {death.message}\n"
                                  f"{death.details.get('stderr_tail', '')}") from None
         if status != "ready":
             self._kill()
@@ -302,11 +304,13 @@ def _call(target, name: str, what: str, args: tuple, kwargs: dict) -> tuple:
 
 
 def _send_attribute(conn, target, name: str) -> None:
-    """("method", None), ("value", value) or ("missing", why)."""
+    """("method", None), ("value", value), ("missing", why) or ("failed", traceback)."""
     try:
         value = getattr(target, name)
     except AttributeError as exc:
         return _send(conn, ("missing", str(exc)))
+    except Exception:  # noqa: BLE001 - e.g. a property that cannot import what it needs
+        return _send(conn, ("failed", traceback.format_exc()))
     if inspect.ismethod(value) or inspect.isfunction(value) or inspect.isbuiltin(value) or isinstance(value, functools.partial):
         return _send(conn, ("method", None))
     try:
