@@ -71,6 +71,20 @@ def _forget_inherited_forkserver() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_forkserver)
 
 
+def _start_forkserver_deaf_to_ctrl_c(context) -> None:
+    """Start the forkserver ignoring SIGINT, as its children do (Ctrl-C is the fuzzer's to handle):
+    CPython's ignores it only after importing PRELOAD, seconds in which Ctrl-C would kill it."""
+    if context.get_start_method() != "forkserver" or threading.current_thread() is not threading.main_thread():
+        return
+    from multiprocessing import forkserver
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the server it spawns
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class Method:
     """A method of the isolated target: calls it in the worker."""
 
@@ -96,7 +110,7 @@ class IsolatedTarget:
         self._attrs: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._proc = self._conn = self._log = None
-        self._worker: dict = {}  # what the finalizer stops when the proxy goes away: proc, conn, log
+        self._worker: dict = {}  # what the finalizer stops when the proxy goes away: proc, conn, log (an open file)
         self.worker_starts = 0
         weakref.finalize(self, IsolatedTarget._stop_worker, self._worker, os.getpid())
         self._start()  # a target that cannot be built is an error now, not a finding later
@@ -130,21 +144,28 @@ class IsolatedTarget:
 
     def _start(self) -> None:
         context = _context()
-        fd, self._log = tempfile.mkstemp(prefix="fuzzcache-worker-", suffix=".log")
-        os.close(fd)
-        parent_end, child_end = context.Pipe()
-        self._proc = context.Process(target=_serve, args=(self._spec, self._options, child_end, self._log), daemon=True,
-                                     name=f"fuzzcache target {self._spec}")
-        self._proc.start()
-        child_end.close()  # so the worker's death is end-of-file here
-        self._conn = parent_end
-        self._worker.update(proc=self._proc, conn=self._conn, log=self._log)
-        self.worker_starts += 1
+        fd, path = tempfile.mkstemp(prefix="fuzzcache-worker-", suffix=".log")
+        self._log = os.fdopen(fd, "rb")  # the worker's stderr, read here through this handle
+        self._worker.update(log=self._log)
         try:
+            _start_forkserver_deaf_to_ctrl_c(context)
+            parent_end, child_end = context.Pipe()
+            self._proc = context.Process(target=_serve, args=(self._spec, self._options, child_end, path), daemon=True,
+                                         name=f"fuzzcache target {self._spec}")
+            self._proc.start()
+            child_end.close()  # so the worker's death is end-of-file here
+            self._conn = parent_end
+            self._worker.update(proc=self._proc, conn=self._conn)
+            self.worker_starts += 1
             status, detail = self._receive("starting the worker", START_LIMIT_S, "__init__")
         except Finding as death:  # it died, or did not answer within START_LIMIT_S
             raise IsolationError(f"the worker process for target {self._spec!r} did not start: {death.message}\n"
                                  f"{death.details.get('stderr_tail', '')}") from None
+        except BaseException:
+            self._kill()
+            raise
+        finally:
+            os.unlink(path)  # the worker has it open by now: nothing is left behind, however either ends
         if status != "ready":
             self._kill()
             if status == "unknown":
@@ -204,7 +225,7 @@ class IsolatedTarget:
 
     @staticmethod
     def _stop_worker(worker: dict, owner: int) -> None:
-        """Kill the worker and remove its log (only in the process that started it)."""
+        """Kill the worker and close its pipe and log (only in the process that started it)."""
         proc, conn, log = worker.pop("proc", None), worker.pop("conn", None), worker.pop("log", None)
         if os.getpid() != owner:
             return
@@ -214,8 +235,8 @@ class IsolatedTarget:
             if proc.is_alive():
                 proc.kill()
             proc.join(timeout=5)
-        if log is not None and os.path.exists(log):
-            os.unlink(log)
+        if log is not None:
+            log.close()
 
 
 class _Pickler(pickle.Pickler):
@@ -236,13 +257,10 @@ def _dumps(obj: Any) -> bytes:
     return out.getvalue()
 
 
-def _tail(path: str | None) -> str:
+def _tail(log) -> str:
     """The last TAIL_CHARS of the worker's stderr, without faulthandler's list of extension modules."""
-    if path is None or not os.path.exists(path):
-        return ""
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 4 * TAIL_CHARS))
-        text = f.read().decode("utf-8", "replace")
+    log.seek(max(0, os.fstat(log.fileno()).st_size - 4 * TAIL_CHARS))
+    text = log.read().decode("utf-8", "replace")
     return re.sub(r"\nExtension modules: .*\n", "\n", text)[-TAIL_CHARS:]
 
 
@@ -263,7 +281,10 @@ def _serve(spec: str, options: dict, conn, log: str) -> None:
 
     from fuzzcache.threads import configure_threads
 
-    out = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        out = os.open(log, os.O_WRONLY | os.O_APPEND)
+    except FileNotFoundError:  # the fuzzer gave up on this worker before it started (Ctrl-C)
+        return
     os.dup2(out, 1)
     os.dup2(out, 2)
     faulthandler.enable()  # a fatal signal prints the Python stack to the log
