@@ -260,10 +260,17 @@ def bench(target_spec, property_patterns, examples, dtype, device, isolate) -> N
     except ValueError as exc:
         fail(str(exc))
     target = target_or_fail(target_spec, dtype, device, isolate)
+    warm_up = getattr(target, "warm_up", None)  # a target's one-off set-up (vLLM: its engines), timed apart
+    started = time.perf_counter()
+    if warm_up is not None:
+        warm_up()
+    warm_s = time.perf_counter() - started
     rows = run_bench(target, target_spec, [p for p in props if p.applies_to(target)], examples)
     isolated = isinstance(target, IsolatedTarget)  # its forwards run in the worker, unseen by the timer
-    where = ", in a worker process" if isolated else ""
-    table = Table(title=f"fuzzcache bench --target {target_spec} --examples {examples} (torch threads: {torch.get_num_threads()}{where})")
+    title = f"fuzzcache bench --target {target_spec} --examples {examples} (torch threads: {torch.get_num_threads()}{', in a worker process' if isolated else ''})"
+    if warm_up is not None:
+        title += f"; target warm-up {warm_s:.1f}s, not counted"
+    table = Table(title=title)
     for col in ("property", "examples", "seconds", "examples/s", "in model forward"):
         table.add_column(col, justify="left" if col == "property" else "right")
     for r in rows:

@@ -29,6 +29,12 @@ def tolerance_for(dtype: torch.dtype) -> Tolerance:
     return TOLERANCES.get(dtype, TOLERANCES[torch.float32])
 
 
+def target_tolerance(target) -> Tolerance:
+    """The target's own measured ``tolerance`` where it declares one (an engine whose kernels
+    differ from the oracle's, e.g. vLLM's CPU attention), else its dtype's."""
+    return getattr(target, "tolerance", None) or tolerance_for(getattr(target, "dtype", torch.float32))
+
+
 @dataclass(frozen=True)
 class Divergence:
     """The first place a request's output left the oracle's."""

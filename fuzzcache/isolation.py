@@ -94,7 +94,8 @@ class Method:
         self.proxy, self.name = proxy, name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        what, limit_s = guard.CURRENT_CALL.get() or (f"{self.proxy.name}.{self.name}", guard.TIME_LIMIT_S)
+        # outside call_target (a warm-up, divergence_by_design) unlimited, as in-process
+        what, limit_s = guard.CURRENT_CALL.get() or (f"{self.proxy.name}.{self.name}", 0)
         status, value, state = self.proxy._request(("call", self.name, what, args, kwargs), what, limit_s, self.name)
         self.proxy._attrs.update(state)
         if status == "raise":

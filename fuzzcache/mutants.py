@@ -20,6 +20,7 @@ from fuzzcache.engine.drafts import NGramDraft, make_draft
 from fuzzcache.engine.ops import DEFAULT_OPS
 from fuzzcache.engine.prefix_cache import ROOT_HASH, CachedBlock, PrefixCache
 from fuzzcache.engine.scheduler import Scheduler
+from fuzzcache.targets import UnknownTarget
 from fuzzcache.targets.reference import ReferenceTarget
 
 
@@ -60,8 +61,6 @@ def mutant(name: str, path: str, bug: str, *triggers: str, ops: dict | None = No
 
 def build(name: str, **options) -> ReferenceTarget:
     """The target ``mutant:<name>``."""
-    from fuzzcache.targets import UnknownTarget
-
     if name not in ZOO:
         raise UnknownTarget(f"unknown mutant {name!r}; the zoo has: {', '.join(ZOO)}")
     return ZOO[name].make(**options)

@@ -4,6 +4,7 @@ as test items that pass when their target now agrees with the oracle."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,32 @@ def pytest_collect_file(file_path: Path, parent):
     return None
 
 
+# Target families whose engine lives in an environment of its own (README): their corpus files
+# carry the family's marker, and are skipped, naming that environment, where the engine is missing.
+ENGINE_ENVIRONMENTS = {"vllm": ("vllm", ".venv-vllm")}  # family -> (module, environment)
+
+
+def engine_family(path: Path) -> str | None:
+    """The family of the target a corpus file names, if its engine needs an environment of its own."""
+    import json
+
+    try:
+        family = str(json.loads(path.read_text()).get("target", "")).partition(":")[0]
+    except (OSError, ValueError, AttributeError):
+        return None  # a broken file: CorpusItem reports it
+    return family if family in ENGINE_ENVIRONMENTS else None
+
+
 class CorpusFile(pytest.File):
     def collect(self):
-        yield CorpusItem.from_parent(self, name=self.path.stem)
+        item = CorpusItem.from_parent(self, name=self.path.stem)
+        family = engine_family(self.path)
+        if family is not None:
+            item.add_marker(family)
+            module, environment = ENGINE_ENVIRONMENTS[family]
+            if importlib.util.find_spec(module) is None:
+                item.add_marker(pytest.mark.skip(reason=f"{family}: targets run in {environment} (README: the test command's second part)"))
+        yield item
 
 
 class CorpusItem(pytest.Item):

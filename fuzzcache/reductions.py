@@ -35,6 +35,15 @@ def smaller_ints(value: int, low: int = 0) -> Iterator[int]:
             yield v
 
 
+def smaller_blocks(block_size: int, target) -> Iterator[int]:
+    """Smaller block sizes the target runs: its declared ``block_sizes``, else down to its ``min_block_size``."""
+    declared = getattr(target, "block_sizes", None)
+    if declared:
+        yield from sorted(b for b in declared if b < block_size)
+    else:
+        yield from smaller_ints(block_size, max(1, getattr(target, "min_block_size", 1)))
+
+
 def smaller_tokens(tokens: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
     """Token values lowered: all to 0 at once, then each one, the smallest values first."""
     if any(tokens):
@@ -154,7 +163,7 @@ def config_variants(c: EngineConfig, target) -> Iterator[EngineConfig]:
         if getattr(c, name) != value:
             yield dataclasses.replace(c, **{name: value})
     if "paged" in getattr(target, "features", ()) and c.block_size != DEFAULT.block_size:  # from the default: only in a trade
-        for b in smaller_ints(c.block_size, max(1, getattr(target, "min_block_size", 1))):
+        for b in smaller_blocks(c.block_size, target):
             yield dataclasses.replace(c, block_size=b)
     for name in ("chunk_size", "max_batch_tokens", "spec_k"):
         if getattr(c, name):
@@ -227,7 +236,7 @@ def traded(reqs: tuple[Request, ...], config: EngineConfig, target) -> Iterator[
     if 1 < config.max_num_seqs != DEFAULT.max_num_seqs:
         yield reqs, dataclasses.replace(config, max_num_seqs=1)
     if "paged" in used and "paged" in getattr(target, "features", ()):
-        for b in smaller_ints(config.block_size, max(1, getattr(target, "min_block_size", 1))):
+        for b in smaller_blocks(config.block_size, target):
             yield reqs, dataclasses.replace(config, block_size=b)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hypothesis import strategies as st
 
 from fuzzcache.contract import DRAFTS, EngineConfig, Request, min_blocks_for
 from fuzzcache.scenario import TraceScenario
-from strategies.lengths import block_sizes, chunk_sizes, max_new_tokens, prompt_lengths
+from strategies.lengths import chunk_sizes, max_new_tokens, prompt_lengths, target_block_sizes
 
 MAX_REQUESTS = 4
 MAX_NEW = 8
@@ -31,7 +33,8 @@ def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_re
     """1..max_requests requests: ragged lengths, an optional shared prefix (whole or partial
     blocks), arrivals that often coincide, tokens from an alphabet that is often small (so
     equal blocks recur after different prefixes). Shrinks to one short request at step 0."""
-    max_prompt = max(1, min(4 * block_size + 1, max_seq_len - max_new, 40))
+    cap = 40 if block_size <= 16 else 3 * block_size + 1  # large blocks (vLLM's 32+): prompts still reach several
+    max_prompt = max(1, min(4 * block_size + 1, max_seq_len - max_new, cap))
     alphabet = draw(st.one_of(st.integers(1, 3), st.just(vocab_size)))
     token = st.integers(0, alphabet - 1)
     shared = draw(prompts(token, block_size, max_prompt) if min_requests > 1 else st.one_of(st.just([]), prompts(token, block_size, max_prompt)))
@@ -58,12 +61,32 @@ def usable_features(draw, features: frozenset[str], exclusive: frozenset[str], f
     return features
 
 
+@dataclass(frozen=True)
+class Traits:
+    """What a target declares about the configs it runs, beyond its features (each an optional
+    attribute of the target; the defaults fit an engine that runs every config)."""
+
+    block_sizes: tuple[int, ...] | None = None  # the only block sizes it runs (vLLM's CPU kernel: 32, 64)
+    min_block_size: int = 1  # else: any block size from here to 16
+    exclusive: frozenset[str] = frozenset()  # features a config uses alone (``exclusive_features``)
+    drafts: tuple[str, ...] = DRAFTS  # the draft methods it has
+    budget_covers_seqs: bool = False  # it refuses max_batch_tokens < max_num_seqs
+
+
+def traits_of(target) -> Traits:
+    return Traits(
+        tuple(getattr(target, "block_sizes", None) or ()) or None, getattr(target, "min_block_size", 1),
+        frozenset(getattr(target, "exclusive_features", ())), tuple(getattr(target, "drafts", DRAFTS)),
+        bool(getattr(target, "budget_covers_seqs", False)),
+    )
+
+
 @st.composite
-def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...], block_size: int, focus: str | None = None, exclusive: frozenset[str] = frozenset()) -> EngineConfig:
+def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...], block_size: int, focus: str | None = None, traits: Traits = Traits()) -> EngineConfig:
     """An EngineConfig varying only the fields whose feature the target declares; pools go down
     to the contract's minimum to force eviction and preemption. ``focus`` (one of FOCUS)
     keeps one path always on, for a property about that path."""
-    features = usable_features(draw, features, exclusive, focus)
+    features = usable_features(draw, features, traits.exclusive, focus)
     tight_pool = focus == "pool"
     fields: dict = {}
     if "paged" in features:
@@ -73,13 +96,15 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
         fields["max_num_seqs"] = draw(st.one_of(st.just(default), st.integers(2 if focus else 1, MAX_REQUESTS)))
     if "chunked_prefill" in features:
         fields["chunk_size"] = draw(st.integers(1, 8) if focus == "chunked" else chunk_sizes())
-        fields["max_batch_tokens"] = draw(st.one_of(st.none(), st.integers(1, 16)))
+        least = fields.get("max_num_seqs", 1) if traits.budget_covers_seqs else 1
+        fields["max_batch_tokens"] = draw(st.one_of(st.none(), st.integers(least, max(least, 16))))
     if "prefix_cache" in features:
         fields["prefix_cache"] = focus == "prefix_cache" or draw(st.booleans())
     if "speculative" in features:
         fields["spec_k"] = draw(st.integers(1 if focus == "speculative" else 0, 4))
         if fields["spec_k"]:
-            fields["draft"] = draw(st.sampled_from(["trigram", *[d for d in DRAFTS if d != "trigram"]]))
+            drafts = ["trigram", *[d for d in DRAFTS if d != "trigram"]] if traits.drafts == DRAFTS else list(traits.drafts)
+            fields["draft"] = draw(st.sampled_from(drafts))
     if "interleave" in features:
         fields["interleave"] = focus == "interleave" or draw(st.booleans())
     config = EngineConfig(**fields)
@@ -91,19 +116,16 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
 
 @st.composite
 def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None,
-                    min_block_size: int = 1, exclusive: frozenset[str] = frozenset()) -> TraceScenario:
+                    traits: Traits = Traits()) -> TraceScenario:
     """A request trace plus a config over the target's features; with ``focus``, at least two
     requests (with a shared prefix) and that path always on."""
-    block_size = draw(block_sizes(min_size=min_block_size)) if "paged" in features else EngineConfig().block_size
+    block_size = draw(target_block_sizes(traits.block_sizes, traits.min_block_size)) if "paged" in features else EngineConfig().block_size
     requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1))
-    return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, exclusive)))
+    return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, traits)))
 
 
 def target_trace_scenarios(target, focus: str | None = None, features: frozenset[str] | None = None) -> st.SearchStrategy[TraceScenario]:
-    """trace_scenarios over what ``target`` declares: its features (or ``features``), and the
-    optional ``min_block_size`` (smallest block it runs) and ``exclusive_features`` (features a
-    config must use alone)."""
+    """trace_scenarios over what ``target`` declares: its features (or ``features``) and its Traits."""
     return trace_scenarios(
-        frozenset(target.features) if features is None else features, target.vocab_size, target.max_seq_len, focus,
-        getattr(target, "min_block_size", 1), frozenset(getattr(target, "exclusive_features", ())),
+        frozenset(target.features) if features is None else features, target.vocab_size, target.max_seq_len, focus, traits_of(target),
     )

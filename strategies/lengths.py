@@ -12,6 +12,12 @@ def block_sizes(max_size: int = 16, min_size: int = 1) -> st.SearchStrategy[int]
     return st.integers(min_size, max_size)
 
 
+def target_block_sizes(declared: tuple[int, ...] | None = None, min_size: int = 1) -> st.SearchStrategy[int]:
+    """The block sizes a target runs: its ``declared`` ones (smallest first, so failures shrink
+    toward it), else block_sizes from ``min_size``."""
+    return st.sampled_from(sorted(declared)) if declared else block_sizes(min_size=min_size)
+
+
 def prompt_lengths(block_size: int, max_len: int) -> st.SearchStrategy[int]:
     """Lengths >= 1, half the time at k*B-1, k*B or k*B+1 for block size B (where bugs live)."""
     boundary = st.builds(lambda k, d: max(1, k * block_size + d), st.integers(1, max(1, max_len // block_size)), st.sampled_from([0, -1, 1]))

@@ -23,7 +23,7 @@ from fuzzcache.mutants import (  # noqa: F401  (re-exported for tests/test_seed_
     unnormalised_drafts,
     verify_one_too_many,
 )
-from fuzzcache.targets import hf_planted
+from fuzzcache.targets.hf import planted as hf_planted
 from fuzzcache.targets.reference import ReferenceTarget
 
 

@@ -139,7 +139,7 @@ def test_dynamic_rope_divergence_is_classified_by_design_not_reported():
 
 def test_a_failing_engine_step_is_an_engine_error_and_no_progress_a_timeout():
     from fuzzcache.contract import EngineError
-    from fuzzcache.targets.hf_continuous import SteppedResult
+    from fuzzcache.targets.hf.continuous import SteppedResult
 
     target = resolve_target("hf:llama")
     config = EngineConfig(block_size=4, num_blocks=8)
@@ -150,7 +150,7 @@ def test_a_failing_engine_step_is_an_engine_error_and_no_progress_a_timeout():
     finally:
         hook.remove()
     target.generate(TRACE[:2], config)  # the model is fine again
-    from fuzzcache.targets import hf_continuous
+    from fuzzcache.targets.hf import continuous as hf_continuous
     from fuzzcache.targets.hf import quiet_transformers
 
     with pytest.raises(TimeoutError, match="no progress: 1 request"), quiet_transformers():
@@ -199,7 +199,7 @@ PLANTED = [
 
 @pytest.mark.parametrize("planted,property_id", PLANTED)
 def test_planted_bug_in_a_transformers_path_is_caught_and_shrunk(planted, property_id, tmp_path):
-    spec = f"fuzzcache.targets.hf_planted:{planted}"
+    spec = f"fuzzcache.targets.hf.planted:{planted}"
     run = run_property(PROPERTIES[property_id], resolve_target(spec), spec, FIND, tmp_path)
     assert len(run.found) == 1 and run.found[0].kind == "mismatch", run.found
     shrunk = run.found[0].scenario

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from fuzzcache.compare import compare_request, tolerance_for
+from fuzzcache.compare import compare_request, target_tolerance
 from fuzzcache.contract import EngineConfig
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, contract, mismatch
@@ -85,6 +85,8 @@ def note_paths(target, scenario: TraceScenario, completions: list) -> None:
     c = scenario.config
     if c.chunk_size and "chunk_size" not in ignored and any(len(r.prompt) > c.chunk_size and len(r.prompt) % c.chunk_size for r in scenario.requests):
         reached("short last chunk")
+    if "arrival" not in ignored and any(r.arrival for r in scenario.requests):
+        reached("arrival after step 0")
     if len(scenario.requests) > 1 and len({len(r.prompt) for r in scenario.requests}) > 1:
         reached("ragged batch")
     if any(r.max_new_tokens == 0 for r in scenario.requests):
@@ -110,7 +112,7 @@ def by_design(target, requests) -> bool:
 
 def check_trace(target, scenario: TraceScenario) -> list:
     """Every request's tokens equal the oracle's (tie-aware); returns the completions."""
-    tol = tolerance_for(getattr(target, "dtype", torch.float32))
+    tol = target_tolerance(target)
     completions = run_generate(target, scenario)
     near_ties = 0
     for req, comp in zip(scenario.requests, completions):
@@ -159,7 +161,7 @@ def check_same(variant):
 def assert_same_outputs(target, requests, a: list, b: list, name_a: str, name_b: str, context: str) -> None:
     """Two runs of the same requests agree: logits up to where the tokens part, and tokens up to
     a near-tie judged by the oracle at the first difference."""
-    tol = tolerance_for(getattr(target, "dtype", torch.float32))
+    tol = target_tolerance(target)
     for req, ca, cb in zip(requests, a, b):
         ta, tb = list(ca.tokens), list(cb.tokens)
         step = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)

@@ -17,7 +17,8 @@ from fuzzcache.properties.op_support import tokens_of
 from fuzzcache.reductions import rows_reductions
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.scenario import TraceScenario
-from strategies.lengths import block_sizes
+from strategies.engine import Traits, traits_of
+from strategies.lengths import target_block_sizes
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class PrefixScenario:
         return list(range(len(self.prompts)))
 
     def reductions(self, target):
-        return rows_reductions(self, "prompts", 1, 1, {"max_new_tokens": 1, "block_size": getattr(target, "min_block_size", 1)})
+        smallest = min(getattr(target, "block_sizes", None) or (getattr(target, "min_block_size", 1),))
+        return rows_reductions(self, "prompts", 1, 1, {"max_new_tokens": 1, "block_size": smallest})
 
 
 def check_prefix_hit(target, s: PrefixScenario) -> None:
@@ -75,9 +77,9 @@ def check_prefix_hit(target, s: PrefixScenario) -> None:
 
 
 @st.composite
-def prefix_scenarios(draw, min_block_size: int = 1):
+def prefix_scenarios(draw, traits: Traits = Traits()):
     """Prompts from a small alphabet (so they share leading blocks) or with a copied prefix."""
-    block = draw(block_sizes(min_size=min_block_size))
+    block = draw(target_block_sizes(traits.block_sizes, traits.min_block_size))
     alphabet = draw(st.one_of(st.integers(1, 2), st.just(64)))
     prompt = st.lists(st.integers(0, alphabet - 1), min_size=1, max_size=3 * block + 1).map(tuple)
     prompts = draw(st.lists(prompt, min_size=2, max_size=3))
@@ -91,7 +93,7 @@ SEED_SHARED = tuple(tokens_of(64, 12, 5))
 
 register(Property(
     id="prefix.hit", level="engine", description="shared prefixes hit the prefix cache and still match the oracle (seed 4)",
-    scenario_type=PrefixScenario, strategy=lambda t: prefix_scenarios(getattr(t, "min_block_size", 1)), check=check_prefix_hit,
+    scenario_type=PrefixScenario, strategy=lambda t: prefix_scenarios(traits_of(t)), check=check_prefix_hit,
     requires=frozenset({"prefix_cache"}),
     examples=(PrefixScenario(4, tuple(SEED_SHARED + tuple(tokens_of(64, 4, 6 + i)) for i in range(3)), 8),),
 ))

@@ -1,8 +1,10 @@
 """Target resolution: turn a name from the command line or pytest into a target object.
 
-Names: ``reference``; ``mutant:<name>`` (the bug zoo, fuzzcache.mutants); ``hf:<arch>``
-(HF transformers, fuzzcache.targets.hf); an entry point in the group ``fuzzcache.targets``; or
-``package.module:attr`` where attr is a target or a zero-argument callable returning one.
+Names: ``reference``; ``<family>:<name>`` for a family of FAMILIES (``mutant:<name>``, the bug
+zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM); an entry point in the group
+``fuzzcache.targets``; or ``package.module:attr`` where attr is a target or a zero-argument
+callable returning one. Families are looked up by module path, so this package imports none of
+them (fuzzcache.mutants imports the reference target from here, never the other way round).
 A target may run in a worker process (``fuzzcache.isolation``): when asked, or when it sets
 ``isolate = True``.
 """
@@ -19,6 +21,12 @@ from fuzzcache.targets.reference import ReferenceTarget
 
 ENTRY_POINT_GROUP = "fuzzcache.targets"
 BUILTIN = {"reference": ReferenceTarget}
+# prefix -> (module, factory taking the name after the prefix, what the names are)
+FAMILIES = {
+    "mutant": ("fuzzcache.mutants", "build", "mutant:<name> (the bug zoo, see `fuzzcache list`)"),
+    "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (llama, llama-dynamic, mistral, qwen2, phi)"),
+    "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget", "vllm:<arch> (llama, qwen2; needs the vllm extra)"),
+}
 REQUIRED_ATTRS = ("name", "vocab_size", "max_seq_len", "features", "reference_logits", "generate")
 
 
@@ -30,9 +38,8 @@ def available_targets(with_mutants: bool = False) -> list[str]:
     """Built-in names plus installed entry points (and the bug zoo's ``mutant:<name>``)."""
     names = sorted(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
     if with_mutants:
-        from fuzzcache.mutants import ZOO
-
-        names += [f"mutant:{m}" for m in ZOO]
+        zoo = importlib.import_module(FAMILIES["mutant"][0]).ZOO
+        names += [f"mutant:{m}" for m in zoo]
     return names
 
 
@@ -91,14 +98,10 @@ def _build(spec: str, dtype: str | None, device: str | None):
         options["device"] = device
     if spec in BUILTIN:
         return BUILTIN[spec](**options)
-    if spec.startswith("mutant:"):
-        from fuzzcache.mutants import build
-
-        return build(spec.removeprefix("mutant:"), **options)
-    if spec.startswith("hf:"):
-        from fuzzcache.targets.hf import HFTarget
-
-        return HFTarget(spec.removeprefix("hf:"), **options)
+    family, _, name = spec.partition(":")
+    if family in FAMILIES:
+        module_name, factory, _ = FAMILIES[family]
+        return getattr(importlib.import_module(module_name), factory)(name, **options)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             return _instantiate(ep.load(), spec, options)
@@ -113,6 +116,6 @@ def _build(spec: str, dtype: str | None, device: str | None):
         return _instantiate(getattr(module, attr), spec, options)
     raise UnknownTarget(
         f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
-        "mutant:<name> (see `fuzzcache list`), an entry point in the group 'fuzzcache.targets', "
-        "hf:<arch> (llama, llama-dynamic, mistral, qwen2, phi), or package.module:attr"
+        f"{', '.join(what for _, _, what in FAMILIES.values())}, "
+        "an entry point in the group 'fuzzcache.targets', or package.module:attr"
     )

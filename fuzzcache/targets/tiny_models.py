@@ -1,4 +1,7 @@
-"""Tiny seeded-random HF transformers models, one per architecture, built from configs (no hub).
+"""The one factory of tiny seeded-random models every target is built from: an HF transformers
+model per architecture, built from a config (no hub). Engines that load checkpoints (vLLM, later
+llama.cpp) get the same weights written in their format (``save_checkpoint``), and one HF forward
+over them is their oracle.
 
 Weights are drawn with ``initializer_range`` 0.4 instead of HF's 0.02, so logits spread out: the
 median top-1/top-2 margin is 0.66-0.70 over 320 positions of random tokens per architecture (at
@@ -16,9 +19,14 @@ VOCAB_SIZE = 64
 MAX_SEQ_LEN = 64
 INIT_RANGE = 0.4
 DYNAMIC_ORIGINAL_MAX = 16  # hf:llama-dynamic's original length; sequences run to MAX_SEQ_LEN past it
+SHAPES = {
+    # the hf:<arch> targets' shape: head_dim 8
+    "tiny": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2),
+    # for kernels that need head_dim >= 32 (vLLM's CPU attention): 2 query heads, 1 KV head of 32
+    "wide_heads": dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32),
+}
 COMMON = dict(
-    vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_SEQ_LEN,
+    **SHAPES["tiny"], vocab_size=VOCAB_SIZE, num_hidden_layers=2, max_position_embeddings=MAX_SEQ_LEN,
     initializer_range=INIT_RANGE, bos_token_id=None, eos_token_id=None, pad_token_id=None,
 )
 
@@ -76,7 +84,8 @@ ARCHITECTURES = {
 
 
 def tiny_model(arch: str, seed: int = 0, dtype: torch.dtype = torch.float32, device: str = "cpu", **overrides):
-    """The tiny ``arch`` model with weights drawn from ``seed``, in eval mode."""
+    """The tiny ``arch`` model with weights drawn from ``seed``, in eval mode; ``overrides`` are
+    config fields (e.g. ``**SHAPES["wide_heads"]``, ``max_position_embeddings``)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown HF architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     with torch.random.fork_rng(devices=[]):
@@ -93,3 +102,12 @@ def draft_model(arch: str, dtype: torch.dtype = torch.float32, device: str = "cp
     result = draft.load_state_dict(target.state_dict(), strict=False)  # layer 1 of the target is left out
     assert not result.missing_keys, f"draft model lacks target weights for {result.missing_keys}"
     return draft
+
+
+def save_checkpoint(model, folder) -> None:
+    """``model`` as an HF checkpoint (config.json + safetensors) in ``folder``, no tokenizer: the
+    format vLLM loads (``skip_tokenizer_init``) and llama.cpp's converter reads."""
+    from fuzzcache.targets.hf.target import quiet_transformers
+
+    with quiet_transformers():
+        model.save_pretrained(folder)

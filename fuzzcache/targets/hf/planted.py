@@ -1,6 +1,6 @@
 """Planted bugs in wrapped transformers paths, to show the hf:<arch> targets catch them:
 
-    fuzzcache fuzz --target fuzzcache.targets.hf_planted:crop_drops_last_position
+    fuzzcache fuzz --target fuzzcache.targets.hf.planted:crop_drops_last_position
 
 Each is a zero-argument factory returning an HFTarget (llama) with one bug.
 """
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from fuzzcache.targets.hf import HFTarget
+from fuzzcache.targets.hf.target import HFTarget
 
 
 def crop_drops_last_position() -> HFTarget:

@@ -38,8 +38,8 @@ from typing import Sequence
 import torch
 
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
-from fuzzcache.targets.hf_continuous import stepped_generate
-from fuzzcache.targets.hf_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, tiny_model
+from fuzzcache.targets.hf.continuous import stepped_generate
+from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, tiny_model
 
 PATHS = ("single", "batched", "static", "continuous", "speculative")
 FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"})
