@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
 
 KINDS = ("mismatch", "crash", "hang", "contract", "nondeterministic", "engine_error")
@@ -31,13 +33,27 @@ def contract(message: str, **details: Any) -> Finding:
     return Finding("contract", message, details)
 
 
+SOURCE_ROOT = str(Path(__file__).resolve().parent.parent) + os.sep  # fuzzcache's checkout (or install)
+
+
+def portable_path(path: str) -> str:
+    """A source path as it reads in any environment: from inside site-packages (the same engine
+    version installed in two virtual environments is one place), else from fuzzcache's root."""
+    for marker in ("site-packages" + os.sep, "dist-packages" + os.sep):
+        if marker in path:
+            return path.rsplit(marker, 1)[1]
+    return path.removeprefix(SOURCE_ROOT)
+
+
 def crash_site(finding: Finding) -> tuple[str, str] | None:
-    """(innermost 'File ..., line ...' frame, exception type) of a crash's traceback."""
+    """(innermost 'File ..., line ...' frame, with a portable path, and exception type) of a
+    crash's traceback."""
     tb = (finding.details.get("traceback") or "").strip()
     if not tb:
         return None
-    frames = re.findall(r'File "[^"]+", line \d+, in \S+', tb)
-    return (frames[-1] if frames else "", tb.splitlines()[-1].split(":", 1)[0])
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', tb)
+    site = 'File "{}", line {}, in {}'.format(portable_path(frames[-1][0]), *frames[-1][1:]) if frames else ""
+    return (site, tb.splitlines()[-1].split(":", 1)[0])
 
 
 def signature(property_id: str, finding: Finding) -> tuple[str, str, str]:

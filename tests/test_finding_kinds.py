@@ -298,3 +298,18 @@ def test_a_value_error_not_naming_a_config_field_is_a_crash(tmp_path):
     assert len(saved.scenario.requests) == 1
     replays_as(target, saved, "crash")
 
+
+
+def test_a_crash_in_the_same_package_line_of_two_environments_is_one_failure():
+    """A corpus file found in one virtual environment is recognised in another (vLLM's own venv vs CI's)."""
+    from fuzzcache.findings import Finding, crash_site, signature
+
+    def crash(path: str, line: int = 1372) -> Finding:
+        tb = f'Traceback (most recent call last):\n  File "{path}", line {line}, in schedule\n    assert ok\nAssertionError\n'
+        return Finding("crash", "boom", {"traceback": tb})
+
+    here = crash("/tmp/a/.venv-vllm/lib/python3.11/site-packages/vllm/v1/core/sched/scheduler.py")
+    there = crash("/opt/ci/venv/lib/python3.12/site-packages/vllm/v1/core/sched/scheduler.py")
+    assert signature("engine.trace", here) == signature("engine.trace", there)
+    assert crash_site(here)[0] == 'File "vllm/v1/core/sched/scheduler.py", line 1372, in schedule'
+    assert signature("engine.trace", here) != signature("engine.trace", crash("/x/site-packages/vllm/v1/core/sched/scheduler.py", 1373))

@@ -5,25 +5,23 @@ upstream bug, and planted bugs in wrapped transformers paths are caught and shru
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 
 from fuzzcache import EngineConfig, Request
-from fuzzcache.corpus import load
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import run_property
 from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import UnknownTarget, resolve_target
 from fuzzcache.targets.hf import PATHS, HFTarget
 
+from bounded import assert_only_triaged_findings
+
 import transformers  # noqa: F401,E402  (the hf extra is part of the test set-up, never skipped: pip install -e '.[test]')
 
 ARCHS = ("llama", "mistral", "qwen2", "phi")
-CORPUS = Path(__file__).parent.parent / "corpus"
 BOUNDED = settings(max_examples=20, deadline=None, database=None, derandomize=True)
 FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)
 TRACE = (
@@ -180,15 +178,7 @@ def test_unknown_architecture_names_the_known_ones():
 def test_bounded_run_on_hf_llama(property_id, tmp_path):
     """The ci profile's bounded HF run: a few examples of every property hf:llama supports; the
     only finding allowed is a case already triaged in corpus/hf:llama (an upstream bug)."""
-    target = resolve_target("hf:llama")
-    known = CORPUS / "hf:llama" / property_id
-    if known.exists():
-        shutil.copytree(known, tmp_path / "hf:llama" / property_id)
-    run = run_property(PROPERTIES[property_id], target, "hf:llama", BOUNDED, tmp_path)
-    assert run.error is None
-    assert run.examples > 0
-    for saved in run.found:
-        assert not saved.new and load(saved.path).known, f"new finding on hf:llama: {saved.message}\n  {saved.path}"
+    assert_only_triaged_findings(resolve_target("hf:llama"), "hf:llama", property_id, BOUNDED, tmp_path)
 
 
 PLANTED = [

@@ -1,30 +1,28 @@
 """vLLM as a target (vllm:<arch>): vLLM's engine agrees with the oracle on a fixed trace that
 reaches every mapped path, refuses what it cannot run by naming the field, reuses engines without
 carrying state between calls, a bounded fuzz run finds nothing but the triaged upstream bug, and a
-bug planted in vLLM's own block pool is caught and shrunk.
+bug planted in vLLM's own prefix-cache hashing is caught and shrunk.
 
 These run in the vLLM environment (.venv-vllm, the README's test command, second part): vLLM pins
 transformers below the hf extra's version."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
 from fuzzcache import EngineConfig, Request
-from fuzzcache.corpus import load
 from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import run_property
 from fuzzcache.targets import resolve_target
 
+from bounded import assert_only_triaged_findings
+
 pytest.importorskip("vllm", reason="vllm:<arch> targets run in .venv-vllm (README: the test command's second part)")
 pytestmark = pytest.mark.vllm
 
-CORPUS = Path(__file__).parent.parent / "corpus"
 BOUNDED = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 FIND = settings(max_examples=200, deadline=None, database=None, derandomize=True)
 SHARED = tuple(range(1, 40))  # more than one block of 32
@@ -37,9 +35,24 @@ TRACE = (
 GROWING = (Request(0, tuple(range(1, 31)), 8), Request(1, tuple(range(2, 32)), 8))  # each outgrows its first block
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+_TARGETS: dict[str, object] = {}  # one per architecture for the whole run: a collected vllm.LLM
+# tears down the process-wide state the engines still alive run on
+
+
+def vllm_target_for(arch: str):
+    if arch not in _TARGETS:
+        _TARGETS[arch] = resolve_target(f"vllm:{arch}")
+    return _TARGETS[arch]
+
+
+@pytest.fixture
+def vllm_llama():
+    return vllm_target_for("llama")
+
+
+@pytest.fixture(params=["llama", "qwen2"])
 def vllm_target(request):
-    return resolve_target(f"vllm:{request.param}")
+    return vllm_target_for(request.param)
 
 
 @pytest.mark.parametrize("config,trace", [
@@ -88,19 +101,11 @@ def test_configs_vllm_cannot_run_are_refused_naming_the_field(vllm_target, confi
 
 
 @pytest.mark.parametrize("property_id", ["engine.trace", "engine.same.prefix_cache", "engine.same.pool", "engine.same.chunked", "engine.same.speculative", "prefix.hit"])
-def test_bounded_run_on_vllm_llama(property_id, tmp_path):
+def test_bounded_run_on_vllm_llama(property_id, vllm_llama, tmp_path):
     """The ci profile's bounded vLLM run: the only finding allowed is a case already triaged in
-    corpus/vllm:llama (an upstream bug)."""
-    target = resolve_target("vllm:llama")
-    assert PROPERTIES[property_id].applies_to(target)
-    known = CORPUS / "vllm:llama" / property_id
-    if known.exists():
-        shutil.copytree(known, tmp_path / "vllm:llama" / property_id)
-    run = run_property(PROPERTIES[property_id], target, "vllm:llama", BOUNDED, tmp_path)
-    assert run.error is None
-    assert run.examples > 0
-    for saved in run.found:
-        assert not saved.new and load(saved.path).known, f"new finding on vllm:llama: {saved.message}\n  {saved.path}"
+    corpus/vllm:llama (an upstream bug). One target for all of them: each call starts empty."""
+    assert PROPERTIES[property_id].applies_to(vllm_llama)
+    assert_only_triaged_findings(vllm_llama, "vllm:llama", property_id, BOUNDED, tmp_path)
 
 
 def test_a_bug_planted_in_vllms_prefix_cache_is_caught_and_shrunk(tmp_path):

@@ -11,6 +11,7 @@ import atexit
 import copy
 import dataclasses
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -69,7 +70,8 @@ class EnginePool:
             if shape.spec_k:
                 spec = {"method": "ngram", "num_speculative_tokens": shape.spec_k, "prompt_lookup_min": 1, "prompt_lookup_max": NGRAM_MAX}
             blocks = self.max_blocks(shape.block_size)
-            with engine_environment(), kernel_scan_safe():
+            with engine_environment(), kernel_scan_safe(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # vLLM's own deprecation notices, once per engine
                 self.engines[shape] = LLM(
                     model=self.folder, skip_tokenizer_init=True, dtype="float32", seed=0, enforce_eager=True,
                     max_model_len=self.max_model_len, max_logprobs=self.vocab_size, block_size=shape.block_size,
@@ -82,7 +84,7 @@ class EnginePool:
 
 @contextmanager
 def kernel_scan_safe() -> Iterator[None]:
-    """Work around a vLLM 0.32.0 crash (corpus/vllm:llama/rebind-kernels-llvmlite.md): building an
+    """Work around a vLLM 0.32.0 crash (corpus/vllm-rebind-kernels-llvmlite.md): building an
     LLM scans every module in sys.modules (``triton_utils.dispatcher._rebind_kernels``) and calls
     ``vars(value).get`` on any value that answers ``hasattr(value, "__dict__")``; llvmlite's
     ``binding.ffi.lib`` (imported by numba for the n-gram drafter of the first speculative engine)
@@ -112,13 +114,14 @@ def scheduler_config_for(config: EngineConfig, engine_config, max_model_len: int
         raise ValueError(f"EngineConfig.max_batch_tokens={config.max_batch_tokens}: vLLM refuses it ({exc})") from exc
 
 
-def install_scheduler(llm, config: EngineConfig, max_blocks: int):
-    """A fresh vLLM Scheduler on ``llm``'s engine core for ``config``; returns it. vLLM's block
-    pool keeps block 0 as its null block, so ``num_blocks`` usable blocks are num_blocks + 1."""
+def install_scheduler(llm, config: EngineConfig, scheduler_config, max_blocks: int):
+    """A fresh vLLM Scheduler on ``llm``'s engine core for ``config`` (``scheduler_config`` from
+    scheduler_config_for); returns it. vLLM's block pool keeps block 0 as its null block, so
+    ``num_blocks`` usable blocks are num_blocks + 1."""
     core = llm.llm_engine.engine_core.engine_core
     old = core.scheduler
     vllm_config = copy.copy(core.vllm_config)
-    vllm_config.scheduler_config = scheduler_config_for(config, old.scheduler_config, vllm_config.model_config.max_model_len)
+    vllm_config.scheduler_config = scheduler_config
     blocks = max_blocks if config.num_blocks is None else config.num_blocks + 1
     vllm_config.cache_config = copy.copy(old.cache_config)
     vllm_config.cache_config.enable_prefix_caching = config.prefix_cache

@@ -83,10 +83,9 @@ class VLLMTarget:
 
     def warm_up(self) -> None:
         """Build every engine a config can ask for (``fuzzcache bench`` times this apart)."""
-        with engine_environment():
-            for block_size in BLOCK_SIZES:
-                for spec_k in range(MAX_SPEC_K + 1):
-                    self.engines.llm(EngineShape(block_size, spec_k))
+        for block_size in BLOCK_SIZES:
+            for spec_k in range(MAX_SPEC_K + 1):
+                self.engines.llm(EngineShape(block_size, spec_k))
 
     @torch.no_grad()
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -111,19 +110,19 @@ class VLLMTarget:
     def _run(self, requests: list[Request], config: EngineConfig) -> dict[int, Completion]:
         shape = EngineShape(config.block_size, config.spec_k)
         llm = self.engines.llm(shape)
-        scheduler_config_for(config, llm.llm_engine.vllm_config.scheduler_config, MAX_SEQ_LEN)  # refused configs touch no engine
+        scheduler_config = scheduler_config_for(config, llm.llm_engine.vllm_config.scheduler_config, MAX_SEQ_LEN)  # refused configs touch no engine
         try:
-            return self._stepped(llm, requests, config)
+            return self._stepped(llm, requests, config, scheduler_config)
         except BaseException:
             self.engines.retire(shape)  # an error in vLLM's code (a finding): the next call gets a new engine
             raise
 
-    def _stepped(self, llm, requests: list[Request], config: EngineConfig) -> dict[int, Completion]:
+    def _stepped(self, llm, requests: list[Request], config: EngineConfig, scheduler_config) -> dict[int, Completion]:
         """Each request added at its arrival step; the engine stepped until all finished."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        scheduler = install_scheduler(llm, config, self.engines.max_blocks(config.block_size))
+        scheduler = install_scheduler(llm, config, scheduler_config, self.engines.max_blocks(config.block_size))
         drafts = DraftCounter(scheduler)
         engine = llm.llm_engine
         call = next(self._call_ids)
