@@ -30,11 +30,16 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-def target_or_fail(spec: str, dtype: str | None = None, device: str | None = None):
+def target_or_fail(spec: str, dtype: str | None = None, device: str | None = None, isolate: bool | None = None):
     try:
-        return resolve_target(spec, dtype=dtype, device=device)
+        return resolve_target(spec, dtype=dtype, device=device, isolate=isolate)
     except UnknownTarget as exc:
         fail(str(exc))
+
+
+ISOLATE = click.option("--isolate/--in-process", default=None,
+                       help="run the target in a worker process, so a native abort is a 'crash' finding (default: "
+                            "FUZZCACHE_ISOLATE=1/0, else as the target asks with isolate = True)")
 
 
 @click.group()
@@ -56,11 +61,13 @@ def main() -> None:
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
 @click.option("--shard", default=None, metavar="I/N", help="run shard I of N (1-based) of the applicable properties, for a CI matrix or an indexed job")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="worker processes, properties spread over them (default: the number of cores)")
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers) -> None:
+@ISOLATE
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers, isolate) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved, 2 when a
     worker failed."""
     from fuzzcache import guard
     from fuzzcache.campaign import live_display, parse_budget, print_report, run_campaign, write_reports
+    from fuzzcache.isolation import IsolatedTarget
     from fuzzcache.workers import run_workers
     from fuzzcache.properties import select
 
@@ -75,7 +82,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
         database = make_database(database_spec) if database_spec else None
     except ValueError as exc:
         fail(str(exc))
-    target = target_or_fail(target_spec, dtype, device)
+    target = target_or_fail(target_spec, dtype, device, isolate)
     applicable = [p for p in props if p.applies_to(target)]
     skipped = [f"{p.id} (needs {p.unmet(target)})" for p in props if p not in applicable]
     if not applicable:
@@ -92,7 +99,9 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     errors: list[str] = []
     with live_display(console, target_spec, budget_s) as show:
         if workers > 1:
-            result, errors = run_workers(target_spec, {"dtype": dtype, "device": device}, [p.id for p in applicable], workers, budget_s,
+            if isinstance(target, IsolatedTarget):
+                target.close()  # each worker builds its own, with a worker process of its own
+            result, errors = run_workers(target_spec, {"dtype": dtype, "device": device, "isolate": isolate}, [p.id for p in applicable], workers, budget_s,
                                          Settings.get_profile(profile), corpus_dir, database_spec, example_timeout, show)
         else:
             result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, show)
@@ -121,18 +130,18 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def corpus_cases(paths, target_spec: str | None):
+def corpus_cases(paths, target_spec: str | None, isolate: bool | None = None):
     """(path, case, target) for each corpus file under ``paths``, the target the file names or
     ``target_spec``; (path, None, error) for a file that cannot be used."""
     try:
         files = iter_files(paths)
     except CorpusError as exc:
         fail(str(exc))
-    override = target_or_fail(target_spec) if target_spec else None
+    override = target_or_fail(target_spec, isolate=isolate) if target_spec else None
     for path in files:
         try:
             case = load(path)
-            yield path, case, override or resolve_target(case.target, **case.target_options)
+            yield path, case, override or resolve_target(case.target, **case.target_options, isolate=isolate)
         except (CorpusError, UnknownTarget) as exc:
             yield path, None, exc
 
@@ -140,12 +149,13 @@ def corpus_cases(paths, target_spec: str | None):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", "target_spec", default=None, help="replay against this target instead of the one each file names")
-def replay(paths, target_spec) -> None:
+@ISOLATE
+def replay(paths, target_spec, isolate) -> None:
     """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does."""
     from fuzzcache.runner import replay as replay_case
 
     still, bad, known, files = 0, 0, 0, 0
-    for path, case, target in corpus_cases(paths, target_spec):
+    for path, case, target in corpus_cases(paths, target_spec, isolate):
         files += 1
         if case is None:
             click.echo(f"ERROR  {path}: {target}")
@@ -173,7 +183,8 @@ def replay(paths, target_spec) -> None:
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(path_type=Path), help="where minimized files go (default: the corpus folder each file is in)")
 @click.option("--max-checks", default=None, type=click.IntRange(min=1), help="property checks per file (default: the minimizer's cap, 400)")
 @click.option("--keep-original", is_flag=True, help="keep the input file beside the minimized one (default: a new minimized file replaces it, holding its scenario as shrunk_scenario)")
-def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
+@ISOLATE
+def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, isolate) -> None:
     """Minimize corpus files (older versions', a long nightly run's, hand-written ones): each
     still-failing case is reduced by its structure and saved as a new, content-addressed file
     holding the old scenario as shrunk_scenario (and its triage). The input is removed only when
@@ -188,7 +199,7 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original) -> None:
     from fuzzcache.scenario import short_form
 
     bad = 0
-    for path, case, target in corpus_cases(paths, target_spec):
+    for path, case, target in corpus_cases(paths, target_spec, isolate):
         if case is None:
             click.echo(f"ERROR  {path}: {target}")
             bad += 1
@@ -235,32 +246,35 @@ def _corpus_root(path: Path, case) -> Path:
 @click.option("--examples", default=30, show_default=True, help="examples per property")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]))
 @click.option("--device", default=None)
-def bench(target_spec, property_patterns, examples, dtype, device) -> None:
+@ISOLATE
+def bench(target_spec, property_patterns, examples, dtype, device, isolate) -> None:
     """Examples/s per property and the share of time inside model forwards."""
     from rich.table import Table
 
     from fuzzcache.bench import bench as run_bench
+    from fuzzcache.isolation import IsolatedTarget
     from fuzzcache.properties import select
 
     try:
         props = select(list(property_patterns))
     except ValueError as exc:
         fail(str(exc))
-    target = target_or_fail(target_spec, dtype, device)
+    target = target_or_fail(target_spec, dtype, device, isolate)
     warm_up = getattr(target, "warm_up", None)  # a target's one-off set-up (vLLM: its engines), timed apart
     started = time.perf_counter()
     if warm_up is not None:
         warm_up()
     warm_s = time.perf_counter() - started
     rows = run_bench(target, target_spec, [p for p in props if p.applies_to(target)], examples)
-    title = f"fuzzcache bench --target {target_spec} --examples {examples} (torch threads: {torch.get_num_threads()})"
+    isolated = isinstance(target, IsolatedTarget)  # its forwards run in the worker, unseen by the timer
+    title = f"fuzzcache bench --target {target_spec} --examples {examples} (torch threads: {torch.get_num_threads()}{', in a worker process' if isolated else ''})"
     if warm_up is not None:
         title += f"; target warm-up {warm_s:.1f}s, not counted"
     table = Table(title=title)
     for col in ("property", "examples", "seconds", "examples/s", "in model forward"):
         table.add_column(col, justify="left" if col == "property" else "right")
     for r in rows:
-        table.add_row(r.property, str(r.examples), f"{r.seconds:.1f}", f"{r.rate:.1f}", f"{100 * r.forward_share:.0f}%")
+        table.add_row(r.property, str(r.examples), f"{r.seconds:.1f}", f"{r.rate:.1f}", "(in the worker)" if isolated else f"{100 * r.forward_share:.0f}%")
     make_console().print(table)
 
 

@@ -1,5 +1,7 @@
 """Calling a target safely: exceptions become ``crash`` findings, overruns become ``hang``
-findings, and an up-front ValueError naming an EngineConfig field marks the config unsupported."""
+findings, and an up-front ValueError naming an EngineConfig field marks the config unsupported.
+A target in a worker process (``fuzzcache.isolation``) enforces the time limit itself, by killing
+its worker, so its calls need no SIGALRM and are guarded in any thread."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Callable, Iterator
 
 from fuzzcache.contract import EngineConfig, EngineError
@@ -20,6 +23,10 @@ CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(EngineConfig))
 
 class Unsupported(Exception):
     """The target declined a config field it does not support (not a finding)."""
+
+
+# (what, limit_s) of the call_target in progress: an isolated target names its calls and times them by it
+CURRENT_CALL: ContextVar[tuple[str, float] | None] = ContextVar("fuzzcache_current_call", default=None)
 
 
 class _Overrun(BaseException):
@@ -54,12 +61,13 @@ def time_limit(seconds: float) -> Iterator[None]:
 def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | None = None) -> Any:
     """``fn(*args)`` with findings for crashes and hangs; ``what`` names the call in messages."""
     limit_s = TIME_LIMIT_S if limit_s is None else limit_s
+    token = CURRENT_CALL.set((what, limit_s))
     try:
-        with time_limit(limit_s):
+        with time_limit(0 if runs_isolated(fn) else limit_s):
             return fn(*args)
     except _Overrun:
         raise Finding("hang", f"{what} made no progress within {limit_s:g}s", {"limit_s": limit_s}) from None
-    except Finding:
+    except (Finding, Unsupported):  # an isolated target's worker classified it already
         raise
     except EngineError as exc:
         raise Finding("engine_error", f"{what}: {exc}") from exc
@@ -71,3 +79,10 @@ def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | 
         raise Finding("crash", f"{what} raised ValueError: {exc}", {"traceback": traceback.format_exc(limit=-8)}) from exc
     except Exception as exc:  # a crash on an input the contract allows
         raise Finding("crash", f"{what} raised {type(exc).__name__}: {exc}", {"traceback": traceback.format_exc(limit=-8)}) from exc
+    finally:
+        CURRENT_CALL.reset(token)
+
+
+def runs_isolated(fn: Callable) -> bool:
+    """``fn`` is a method of a target in a worker process (or a partial of one)."""
+    return getattr(getattr(fn, "func", fn), "runs_isolated", False)

@@ -1,5 +1,5 @@
 """pytest plugin (entry point ``pytest11``): registers the Hypothesis profiles, adds
-``--fuzzcache-target`` and ``--fuzzcache-corpus``, and collects ``corpus/**/*.json`` files
+``--fuzzcache-target``, ``--fuzzcache-corpus`` and ``--fuzzcache-isolate``, and collects ``corpus/**/*.json`` files
 as test items that pass when their target now agrees with the oracle."""
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ def pytest_addoption(parser) -> None:
     group.addoption("--fuzzcache-corpus", default="corpus", help="folder where shrunk failures are saved")
     group.addoption("--fuzzcache-dtype", default=None, choices=["fp32", "fp16", "bf16"], help="model dtype for the target")
     group.addoption("--fuzzcache-device", default=None, help="model device for the target, e.g. cuda")
+    group.addoption("--fuzzcache-isolate", action="store_true", default=None,
+                    help="run the target in a worker process, so a native abort is a 'crash' finding "
+                         "(default: FUZZCACHE_ISOLATE=1/0, else as the target asks with isolate = True)")
 
 
 def pytest_configure(config) -> None:
@@ -35,7 +38,8 @@ def fuzzcache_target_spec(request) -> str:
 def fuzzcache_target(request, fuzzcache_target_spec):
     from fuzzcache.targets import resolve_target
 
-    return resolve_target(fuzzcache_target_spec, dtype=request.config.getoption("--fuzzcache-dtype"), device=request.config.getoption("--fuzzcache-device"))
+    return resolve_target(fuzzcache_target_spec, dtype=request.config.getoption("--fuzzcache-dtype"), device=request.config.getoption("--fuzzcache-device"),
+                          isolate=request.config.getoption("--fuzzcache-isolate"))
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +93,7 @@ class CorpusItem(pytest.Item):
         from fuzzcache.runner import replay
 
         case = load(self.path)  # a CorpusError names the file
-        finding = replay(case)
+        finding = replay(case, isolate=self.config.getoption("--fuzzcache-isolate"))
         if case.known:  # triaged upstream bug / by-design divergence: must keep failing until upstream changes
             if finding is None:
                 raise AssertionError(f"{self.path}: triaged as {case.triage['classification']} but now passes: fixed upstream? update or remove the triage")

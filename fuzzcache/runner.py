@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings a
 
 from fuzzcache import corpus, coverage
 from fuzzcache.coverage import reached
+from fuzzcache.database import ReadOnlyOnceStopped
 from fuzzcache.findings import Finding, signature
 from fuzzcache.minimize import MAX_CHECKS, Minimized, minimize
 from fuzzcache.properties import Property
@@ -109,9 +110,17 @@ def run_property(
     run = PropertyRun(prop.id)
     last_failure: list = []
     start = time.perf_counter()
+    # Nothing is written to the database once the stop time interrupts an example (which never
+    # ran: Hypothesis would save it beside the failures; see ReadOnlyOnceStopped).
+    database = None
+    if stop_at is not None and hypothesis_settings.database is not None:
+        database = ReadOnlyOnceStopped(hypothesis_settings.database)
+        hypothesis_settings = Settings(hypothesis_settings, database=database)
 
     def test(scenario):
         if stop_at is not None and not last_failure and time.monotonic() >= stop_at:
+            if database is not None:
+                database.stop()
             raise BudgetExhausted()
         run.examples += 1
         if on_example:
@@ -270,13 +279,14 @@ def _classification(path: Path) -> str | None:
         return None  # `fuzzcache replay` names the broken file
 
 
-def replay(case: corpus.Case, target=None) -> Finding | None:
-    """Run a saved case again; the finding if it still fails, None if the target now agrees."""
+def replay(case: corpus.Case, target=None, isolate: bool | None = None) -> Finding | None:
+    """Run a saved case again; the finding if it still fails, None if the target now agrees.
+    ``isolate`` as ``resolve_target``'s, when ``target`` is not given."""
     from fuzzcache.guard import Unsupported
     from fuzzcache.properties import get
     from fuzzcache.targets import resolve_target
 
-    target = target if target is not None else resolve_target(case.target, **case.target_options)
+    target = target if target is not None else resolve_target(case.target, **case.target_options, isolate=isolate)
     try:
         checked(get(case.property), target, case.scenario)
     except Finding as f:

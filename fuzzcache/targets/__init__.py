@@ -5,11 +5,14 @@ zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM; ``llamacpp:<arch>``,
 ``fuzzcache.targets``; or ``package.module:attr`` where attr is a target or a zero-argument
 callable returning one. Families are looked up by module path, so this package imports none of
 them (fuzzcache.mutants imports the reference target from here, never the other way round).
+A target may run in a worker process (``fuzzcache.isolation``): when asked, or when it sets
+``isolate = True``.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from importlib.metadata import entry_points
 
 import torch
@@ -72,9 +75,23 @@ def _instantiate(obj, spec: str, options: dict):
     return target
 
 
-def resolve_target(spec: str, dtype: str | None = None, device: str | None = None):
+def resolve_target(spec: str, dtype: str | None = None, device: str | None = None, isolate: bool | None = None):
     """The target named ``spec``; a clear UnknownTarget error listing what exists otherwise.
-    ``dtype`` ("fp32" | "fp16" | "bf16") and ``device`` are passed to the target's factory."""
+    ``dtype`` ("fp32" | "fp16" | "bf16") and ``device`` are passed to the target's factory.
+    ``isolate``: run it in a worker process (``fuzzcache.isolation.IsolatedTarget``); None: as
+    the environment variable FUZZCACHE_ISOLATE says (1 or 0), else when the target sets
+    ``isolate = True`` (it is built here once to read that, then again in the worker)."""
+    if isolate is None and os.environ.get("FUZZCACHE_ISOLATE", "") in ("0", "1"):
+        isolate = os.environ["FUZZCACHE_ISOLATE"] == "1"
+    target = None if isolate else _build(spec, dtype, device)
+    if isolate or (isolate is None and getattr(target, "isolate", False) is True):
+        from fuzzcache.isolation import IsolatedTarget
+
+        return IsolatedTarget(spec, dtype, device)
+    return target
+
+
+def _build(spec: str, dtype: str | None, device: str | None):
     options: dict = {}
     if dtype is not None:
         options["dtype"] = parse_dtype(dtype)
