@@ -23,12 +23,42 @@ from fuzzcache.mutants import (  # noqa: F401  (re-exported for tests/test_seed_
     unnormalised_drafts,
     verify_one_too_many,
 )
+from fuzzcache.surgery.memory_model import MemoryModel
+from fuzzcache.surgery.memory_ops import run_script
 from fuzzcache.targets.hf import planted as hf_planted
+from fuzzcache.targets.hf.target import HFTarget
 from fuzzcache.targets.reference import ReferenceTarget
 
 
 def with_ops(name: str, **ops) -> ReferenceTarget:
     return ReferenceTarget(name=f"planted:{name}", ops=dataclasses.replace(DEFAULT_OPS, **ops))
+
+
+class AddRangeOneShort(MemoryModel):
+    """seq_add over [p0, p1 - 1) where a finite p1 was asked: the entry at p1 - 1 stays."""
+
+    def add(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        super().add(seq, p0, p1 - 1 if p1 > 0 else p1, delta)
+
+
+class MemoryModelEngine(HFTarget):
+    """hf:llama plus an engine for surgery.memory's scripts built on ``MemoryModel`` over the same
+    weights (right by construction: the oracle's own model of a memory), or a planted copy of it.
+    llama.cpp cannot be the correct engine here: it fails the property on its own upstream bugs
+    (tests/test_llamacpp_target.py plants bugs in its wrapper instead)."""
+
+    memory_seqs = 4
+
+    def __init__(self, name: str, memory_class=MemoryModel):
+        super().__init__("llama", name=name)
+        self.memory_class = memory_class
+
+    def run_memory_script(self, scenario, probe_seqs):
+        return run_script(self.memory_class(self.model), scenario, self.memory_seqs, probe_seqs)
+
+
+def memory_model_engine():
+    return MemoryModelEngine("planted:memory_model_engine")
 
 
 def decode_off_by_one_after(n: int):
@@ -99,10 +129,12 @@ PLANTED = {
     "surgery.suffix": lambda: build("surgery_suffix_positions_from_1"),
     "surgery.nll": lambda: build("surgery_nll_wrong_slice"),
     "surgery.bpe": lambda: build("surgery_split_unchecked"),
+    "surgery.memory": lambda: MemoryModelEngine("planted:surgery_memory", AddRangeOneShort),
 }
 
 # the correct target each planted bug is a copy of (the reference engine unless named here)
-CORRECT = {"paths.static": "hf:llama", "paths.batched": "hf:llama", "paths.continuous": "hf:llama"}
+CORRECT = {"paths.static": "hf:llama", "paths.batched": "hf:llama", "paths.continuous": "hf:llama",
+           "surgery.memory": "planted:memory_model_engine"}
 
 # module-level factories, so ``planted:<property id with dots as underscores>`` resolves
 for _pid, _factory in PLANTED.items():
