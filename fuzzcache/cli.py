@@ -385,7 +385,12 @@ def list_cmd() -> None:
         except Exception as exc:  # noqa: BLE001 - a broken plugin should not hide the others
             features = f"(cannot load: {exc})"
         click.echo(f"  {name:24} {features}")
-    click.echo("  package.module:attr      a target object, class or zero-argument factory\n  hf:<arch>                HF transformers: hf:llama, hf:llama-dynamic, hf:mistral, hf:qwen2, hf:phi")
+    click.echo("  package.module:attr      a target object, class or zero-argument factory")
+    from fuzzcache.targets import FAMILIES
+
+    for family, (_, _, what) in FAMILIES.items():
+        if family != "mutant":
+            click.echo(f"  {family + ':<arch>':24} {what}")
     from fuzzcache.mutants import ZOO
 
     click.echo("mutants (the bug zoo; each has the reference engine's features):")

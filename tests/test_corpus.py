@@ -357,7 +357,8 @@ def test_list_shows_targets_and_properties(cli):
     assert result.exit_code == 0, result.output
     targets, properties = result.output.split("properties:")
     assert "reference" in targets
-    assert "engine.trace" in properties
+    assert all(f"{family}:<arch>" in targets for family in ("hf", "vllm", "llamacpp"))
+    assert "engine.trace" in properties and "surgery.memory" in properties
 
 
 def test_fuzz_an_unknown_target_is_a_usage_error(cli):

@@ -24,7 +24,9 @@ pytest.importorskip("vllm", reason="vllm:<arch> targets run in .venv-vllm (READM
 pytestmark = pytest.mark.vllm
 
 BOUNDED = settings(max_examples=25, deadline=None, database=None, derandomize=True)
-FIND = settings(max_examples=200, deadline=None, database=None, derandomize=True)
+# the planted bug needs two requests of 2+ blocks sharing a later block after different first ones:
+# found after 88-124 examples with three random seeds (the derandomized seed follows the runner's code)
+FIND = settings(max_examples=500, deadline=None, database=None, derandomize=True)
 SHARED = tuple(range(1, 40))  # more than one block of 32
 TRACE = (
     Request(0, SHARED + (7, 7), 6),

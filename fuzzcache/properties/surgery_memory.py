@@ -101,6 +101,8 @@ def check_memory(target, s: MemoryScenario) -> None:
                            what=f"positions after {SHARED_MOVE if shared else op.kind}")
         if w.kind == "decode":
             for seq, rows in w.data.items():
+                if seq not in g.data or tuple(g.data[seq].shape) != tuple(rows.shape):
+                    raise contract(f"run_memory_script gave no ({tuple(rows.shape)}) logits for sequence {seq} after {after}")
                 diff = (g.data[seq].float() - rows).abs().amax(-1)  # (n,)
                 worst = int(diff.argmax())
                 if not float(diff[worst]) <= tol:

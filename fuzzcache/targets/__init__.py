@@ -24,10 +24,11 @@ BUILTIN = {"reference": ReferenceTarget}
 # prefix -> (module, factory taking the name after the prefix, what the names are)
 FAMILIES = {
     "mutant": ("fuzzcache.mutants", "build", "mutant:<name> (the bug zoo, see `fuzzcache list`)"),
-    "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (llama, llama-dynamic, mistral, qwen2, phi)"),
-    "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget", "vllm:<arch> (llama, qwen2; needs the vllm extra)"),
+    "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (HF transformers: llama, llama-dynamic, mistral, qwen2, phi)"),
+    "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget",
+             "vllm:<arch> (llama, qwen2; needs the vllm extra; cannot express interleave, max_new_tokens=0)"),
     "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
-                 "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra)"),
+                 "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
 }
 REQUIRED_ATTRS = ("name", "vocab_size", "max_seq_len", "features", "reference_logits", "generate")
 

@@ -26,8 +26,8 @@ NO_SLOT = 1  # llama_decode: no memory slot for the batch
 
 
 @dataclass
-class Sequence_:
-    """One request's sequence in the cache."""
+class Slot:
+    """One request's sequence in the cache (a "slot", as llama.cpp's server calls it)."""
 
     request: Request
     seq: int  # llama.cpp sequence id
@@ -49,12 +49,14 @@ class Sequence_:
 
 @dataclass
 class Row:
-    """Tokens of one sequence in a batch: (token, position) pairs, which of them want logits."""
+    """Tokens of one sequence in a batch, at positions ``first`` ...: a decode row (the last token
+    and its drafts, logits for each) or prompt tokens (logits for the last when they end the prompt)."""
 
-    s: Sequence_
+    s: Slot
     tokens: list[int]
-    first: int  # position of tokens[0]
-    outputs: bool  # logits for every token (decode and drafts) or only a finished prompt's last
+    first: int
+    decode: bool
+    outputs: bool
     drafts: list[int] = field(default_factory=list)
 
 
@@ -67,13 +69,13 @@ class Server:
         self.budget = config.max_batch_tokens or ctx.shape.n_batch
         self.stats = {"steps": 0, "evictions": 0, "preemptions": 0, "no_slot": 0}
 
-    def run(self, requests: Sequence[Request], first_free_seq: int = 0) -> list[Completion]:
+    def run(self, requests: Sequence[Request]) -> list[Completion]:
         config = self.config
-        seqs = [Sequence_(r, first_free_seq + i, list(r.prompt)) for i, r in enumerate(requests)]
+        seqs = [Slot(r, i, list(r.prompt)) for i, r in enumerate(requests)]  # sequence id = request index
         pending = sorted(seqs, key=lambda s: (s.request.arrival, s.seq))
-        waiting: list[Sequence_] = []
-        running: list[Sequence_] = []
-        idle: list[Sequence_] = []  # finished, their cells kept for prefix reuse
+        waiting: list[Slot] = []
+        running: list[Slot] = []
+        idle: list[Slot] = []  # finished, their cells kept for prefix reuse
         self.held = False  # after a preemption, nothing joins until a request finishes (or none runs)
         step, limit = 0, 8 * sum(len(r.prompt) + r.max_new_tokens + 1 for r in requests) + max(r.arrival for r in requests) + 16
         while pending or waiting or running:
@@ -108,7 +110,7 @@ class Server:
                 raise TimeoutError(f"llama.cpp server loop did not finish in {limit} steps")
         return [Completion(s.request.rid, s.generated, torch.stack(s.logits) if s.logits else torch.zeros(0, self.vocab_size), s.stats) for s in seqs]
 
-    def _reuse_prefix(self, s: Sequence_, cached: list[Sequence_]) -> None:
+    def _reuse_prefix(self, s: Slot, cached: list[Slot]) -> None:
         """Copy the longest prefix ``s`` shares with a cached sequence (never its last token, whose logits it needs)."""
         best, source = 0, None
         for other in cached:
@@ -123,25 +125,24 @@ class Server:
             s.cached = best
             s.stats["cached_prefix_tokens"] = max(s.stats["cached_prefix_tokens"], best)
 
-    def _batch(self, running: list[Sequence_]) -> list[Row]:
+    def _batch(self, running: list[Slot]) -> list[Row]:
         """Decode rows (with drafts) first, then prompt tokens, within the step's token budget."""
         budget, rows = self.budget, []
         for s in running:
             if s.in_decode and budget > 0:
                 drafts = self._drafts(s, budget - 1)
-                rows.append(Row(s, [s.tokens[-1]] + drafts, s.cached, True, drafts))
+                rows.append(Row(s, [s.tokens[-1]] + drafts, s.cached, decode=True, outputs=True, drafts=drafts))
                 budget -= 1 + len(drafts)
         for s in running:
             todo = len(s.tokens) - s.cached
             if not s.in_decode and todo > 0 and budget > 0:
                 n = min(todo, budget)
-                finishes = s.cached + n == len(s.tokens)
-                rows.append(Row(s, s.tokens[s.cached : s.cached + n], s.cached, False))
-                rows[-1].outputs = finishes and len(s.generated) < s.request.max_new_tokens
+                wants_token = s.cached + n == len(s.tokens) and len(s.generated) < s.request.max_new_tokens
+                rows.append(Row(s, s.tokens[s.cached : s.cached + n], s.cached, decode=False, outputs=wants_token))
                 budget -= n
         return rows
 
-    def _drafts(self, s: Sequence_, room: int) -> list[int]:
+    def _drafts(self, s: Slot, room: int) -> list[int]:
         k = min(self.config.spec_k, room, s.request.max_new_tokens - len(s.generated) - 1)
         if k <= 0:
             return []
@@ -154,7 +155,7 @@ class Server:
         index = 0
         for row in rows:
             s, n = row.s, len(row.tokens)
-            if row.drafts or (row.outputs and s.in_decode):
+            if row.decode:
                 chosen = [self.ctx.logits(index + i) for i in range(n)]  # (V,) each
                 accepted = 0
                 while accepted < len(row.drafts) and int(chosen[accepted].argmax()) == row.drafts[accepted]:
@@ -177,7 +178,7 @@ class Server:
                     s.tokens.append(token)
             index += n
 
-    def _make_room(self, running: list[Sequence_], waiting: list[Sequence_], idle: list[Sequence_]) -> None:
+    def _make_room(self, running: list[Slot], waiting: list[Slot], idle: list[Slot]) -> None:
         """The batch found no room: drop finished requests' cached cells, else preempt the request admitted last."""
         if idle:
             for s in idle:
