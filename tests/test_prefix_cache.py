@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
 
 import fuzzcache.engine.prefix_cache as prefix_cache_module
 from fuzzcache.engine.paged import BlockAllocator, BlockPool, PoolExhausted
 from fuzzcache.engine.prefix_cache import ROOT_HASH, PrefixCache, block_hash
 from fuzzcache.model import ModelConfig
+from fuzzcache.properties.prefix_hit import prefix_scenarios
+from strategies.engine import Traits
 
 MODEL = ModelConfig(vocab_size=8, n_layer=1, n_head=2, n_kv_head=1, head_dim=2, max_seq_len=64)
 B = 2  # block size used throughout
@@ -243,3 +246,11 @@ def test_exhausted_pool_leaves_the_cache_intact():
     with pytest.raises(PoolExhausted):
         alloc.allocate()  # every block is referenced: nothing to evict
     assert set(cache.hash_of_block) == set(table) and len(cache.by_hash) == 4
+
+
+@given(prefix_scenarios(Traits(min_block_size=16), max_seq_len=64))
+@settings(max_examples=200, deadline=None, database=None)
+def test_prefix_scenarios_fit_the_targets_max_seq_len(scenario):
+    """Found by a llamacpp:llama campaign: a copied prefix made a 61-token prompt + 4 new tokens
+    exceed max_seq_len 64, which the target refused (a false 'crash')."""
+    assert all(len(p) + scenario.max_new_tokens <= 64 for p in scenario.prompts)

@@ -76,9 +76,13 @@ def check_prefix_hit(target, s: PrefixScenario) -> None:
                 reached("prompt covered by cached blocks but its last token")
 
 
+MAX_NEW = 4
+
+
 @st.composite
-def prefix_scenarios(draw, traits: Traits = Traits()):
-    """Prompts from a small alphabet (so they share leading blocks) or with a copied prefix."""
+def prefix_scenarios(draw, traits: Traits = Traits(), max_seq_len: int | None = None):
+    """Prompts from a small alphabet (so they share leading blocks) or with a copied prefix, each
+    short enough that prompt + new tokens fit ``max_seq_len``."""
     block = draw(target_block_sizes(traits.block_sizes, traits.min_block_size))
     alphabet = draw(st.one_of(st.integers(1, 2), st.just(64)))
     prompt = st.lists(st.integers(0, alphabet - 1), min_size=1, max_size=3 * block + 1).map(tuple)
@@ -86,14 +90,16 @@ def prefix_scenarios(draw, traits: Traits = Traits()):
     if alphabet > 2 and draw(st.booleans()):  # with a large alphabet, share explicitly
         cut = draw(st.integers(1, len(prompts[0])))
         prompts = [prompts[0]] + [prompts[0][:cut] + p for p in prompts[1:]]
-    return PrefixScenario(block, tuple(prompts), draw(st.integers(1, 4)))  # 0 new tokens computes (and commits) nothing
+    if max_seq_len is not None:
+        prompts = [p[: max_seq_len - MAX_NEW] for p in prompts]
+    return PrefixScenario(block, tuple(prompts), draw(st.integers(1, MAX_NEW)))  # 0 new tokens computes (and commits) nothing
 
 
 SEED_SHARED = tuple(tokens_of(64, 12, 5))
 
 register(Property(
     id="prefix.hit", level="engine", description="shared prefixes hit the prefix cache and still match the oracle (seed 4)",
-    scenario_type=PrefixScenario, strategy=lambda t: prefix_scenarios(traits_of(t)), check=check_prefix_hit,
+    scenario_type=PrefixScenario, strategy=lambda t: prefix_scenarios(traits_of(t), t.max_seq_len), check=check_prefix_hit,
     requires=frozenset({"prefix_cache"}),
     examples=(PrefixScenario(4, tuple(SEED_SHARED + tuple(tokens_of(64, 4, 6 + i)) for i in range(3)), 8),),
 ))
