@@ -123,8 +123,9 @@ class LlamaCppTarget:
             self.last_stats = dict(server.stats)
 
     def memory_session(self) -> MemorySession:
-        """A cleared context of 256 cells whose sequences 0 .. memory_seqs - 1 the caller edits."""
-        return MemorySession(self.engine.context(self.context_shape(CONTEXT_PAD)))
+        """A cleared context whose sequences 0 .. memory_seqs - 1 the caller edits: 1,024 cells, room for
+        any script strategies.memory draws (restores copy cells; seq_cp shares them)."""
+        return MemorySession(self.engine.context(self.context_shape(4 * CONTEXT_PAD)))
 
     def run_memory_script(self, scenario: MemoryScenario, probe_seqs: tuple[int, ...]) -> list[Observation]:
         """``surgery.memory``'s script on llama.cpp's own memory ops, in one call (so it runs in a worker process)."""
