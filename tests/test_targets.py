@@ -184,3 +184,9 @@ def test_module_outside_sys_path_is_not_found(tmp_path):
     (tmp_path / "fuzzcache_unreachable_module.py").write_text(textwrap.dedent(USER_MODULE))
     with pytest.raises(UnknownTarget, match="cannot import"):
         resolve_target("fuzzcache_unreachable_module:INSTANCE")
+
+
+def test_a_llamacpp_target_without_its_extra_names_the_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
+    with pytest.raises(UnknownTarget, match=r"pip install 'fuzzcache\[llamacpp\]'"):
+        resolve_target("llamacpp:llama", isolate=False)

@@ -17,25 +17,24 @@ import numpy as np
 import torch
 
 INSTALL_HINT = ("llamacpp:<arch> targets need llama-cpp-python and gguf: pip install 'fuzzcache[llamacpp]' "
-                "(it compiles llama.cpp, about 7 minutes on 2 cores; set "
+                "(it compiles llama.cpp, 3.5-7 minutes on 2 cores; set "
                 "CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF' as the README does, and pip caches the wheel)")
 CONTEXT_PAD = 256  # llama.cpp rounds n_ctx up to this
 F32, F16 = 0, 1  # ggml_type of the K and V caches
 FLASH_OFF, FLASH_ON = 0, 1  # llama_flash_attn_type
 
 
-class LlamaCppMissing(ImportError):
-    """The llamacpp extra is not installed."""
-
-
 def import_llama_cpp():
-    """The ``llama_cpp`` module with its backend started and its log silenced; a clear error when missing."""
+    """The ``llama_cpp`` module with its backend started and its log silenced; a clear error
+    (``UnknownTarget``, a usage error on the command line) when the llamacpp extra is missing."""
+    from fuzzcache.targets import UnknownTarget
+
     os.environ.setdefault("GGML_NO_BACKTRACE", "1")  # a native assert aborts without attaching a debugger
     try:
         import gguf  # noqa: F401  (the target writes its model with it)
         import llama_cpp
     except ImportError as exc:
-        raise LlamaCppMissing(f"{INSTALL_HINT} ({exc})") from exc
+        raise UnknownTarget(f"{INSTALL_HINT} ({exc})") from exc
     if not getattr(llama_cpp, "_fuzzcache_quiet", False):
         llama_cpp.llama_backend_init()
         llama_cpp._fuzzcache_quiet = _silence(llama_cpp)
