@@ -64,19 +64,19 @@ class Observation:
 
 
 def calls_of(op: MemoryOp) -> list[tuple]:
-    """The memory calls one op makes, in order (the composite ops spelled out)."""
+    """The memory-editing calls one op makes, in order (the composite ops spelled out; a decode makes none)."""
     if op.kind == "context_shift":
         keep = max(op.p0, 0)
         return [("rm", op.seq, keep, keep + op.value), ("add", op.seq, keep + op.value, -1, -op.value)]
-    if op.kind == "save_restore":
-        return [("copy_state", op.seq, op.other)]
-    if op.kind == "cp":
-        return [("cp", op.seq, op.other, op.p0, op.p1)]
-    if op.kind == "keep":
-        return [("keep", op.seq)]
-    if op.kind in ("add", "div"):
-        return [(op.kind, op.seq, op.p0, op.p1, op.value)]
-    return [("rm", op.seq, op.p0, op.p1)]
+    return {
+        "decode": [],
+        "rm": [("rm", op.seq, op.p0, op.p1)],
+        "cp": [("cp", op.seq, op.other, op.p0, op.p1)],
+        "keep": [("keep", op.seq)],
+        "add": [("add", op.seq, op.p0, op.p1, op.value)],
+        "div": [("div", op.seq, op.p0, op.p1, op.value)],
+        "save_restore": [("copy_state", op.seq, op.other)],
+    }[op.kind]
 
 
 def run_script(memory, scenario: MemoryScenario, n_seqs: int, probe_seqs: tuple[int, ...], after_op=None) -> list[Observation]:
@@ -90,7 +90,7 @@ def run_script(memory, scenario: MemoryScenario, n_seqs: int, probe_seqs: tuple[
             continue
         if op.kind == "decode":
             out.append(Observation("decode", i, memory.decode_batch({op.seq: op.tokens})))
-        for name, *args in calls_of(op) if op.kind != "decode" else []:
+        for name, *args in calls_of(op):
             result = getattr(memory, name)(*args)
             if name == "rm":
                 out.append(Observation("rm", i, bool(result)))

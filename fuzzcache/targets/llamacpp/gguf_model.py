@@ -66,19 +66,13 @@ def write_gguf(model, arch: str, path: str | Path) -> Path:
     add("output.weight", weights["lm_head.weight"])
     for i in range(cfg.num_hidden_layers):
         hf, blk = f"model.layers.{i}.", f"blk.{i}."
-        q, k = weights[hf + "self_attn.q_proj.weight"], weights[hf + "self_attn.k_proj.weight"]
-        if arch in PERMUTED_QK:
-            q, k = permute_rows(q, cfg.num_attention_heads), permute_rows(k, cfg.num_key_value_heads)
         add(blk + "attn_norm.weight", weights[hf + "input_layernorm.weight"])
-        add(blk + "attn_q.weight", q)
-        add(blk + "attn_k.weight", k)
-        add(blk + "attn_v.weight", weights[hf + "self_attn.v_proj.weight"])
+        for n, heads in (("q", cfg.num_attention_heads), ("k", cfg.num_key_value_heads), ("v", None)):
+            for part in ("weight", "bias"):  # a bias: qwen2's QKV bias
+                tensor = weights.get(hf + f"self_attn.{n}_proj.{part}")
+                if tensor is not None:
+                    add(blk + f"attn_{n}.{part}", permute_rows(tensor, heads) if heads and arch in PERMUTED_QK else tensor)
         add(blk + "attn_output.weight", weights[hf + "self_attn.o_proj.weight"])
-        for n in "qkv":
-            bias = weights.get(hf + f"self_attn.{n}_proj.bias")
-            if bias is not None:  # qwen2's QKV bias (a permuted q/k would permute its bias too)
-                add(blk + f"attn_{n}.bias", permute_rows(bias, cfg.num_attention_heads if n == "q" else cfg.num_key_value_heads)
-                    if arch in PERMUTED_QK and n != "v" else bias)
         add(blk + "ffn_norm.weight", weights[hf + "post_attention_layernorm.weight"])
         add(blk + "ffn_gate.weight", weights[hf + "mlp.gate_proj.weight"])
         add(blk + "ffn_up.weight", weights[hf + "mlp.up_proj.weight"])

@@ -45,7 +45,6 @@ from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
 
 ARCHITECTURES = tuple(GGUF_ARCHITECTURES)
 MAX_SEQ_LEN = 64
-MAX_REQUESTS = 4  # strategies.engine draws at most this many
 N_SEQ_MAX = 8  # requests, surgery's sequences, and the ballast (the last id)
 BALLAST_SEQ = N_SEQ_MAX - 1
 UNBOUNDED_BATCH = 512  # n_batch when max_batch_tokens is None: every step fits
