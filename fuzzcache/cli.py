@@ -375,13 +375,15 @@ def corpus_merge(dest, sources) -> None:
 
 @main.command("list")
 def list_cmd() -> None:
-    """Targets (with their features) and properties."""
+    """Targets (with their features, and the contract's features each cannot express) and properties."""
+    from fuzzcache.contract import FEATURES
     from fuzzcache.properties import PROPERTIES
 
     click.echo("targets:")
     for name in available_targets():
         try:
-            features = ", ".join(sorted(resolve_target(name).features))
+            declared = frozenset(resolve_target(name).features)
+            features = ", ".join(sorted(declared)) + (f"; cannot express: {', '.join(sorted(FEATURES - declared))}" if FEATURES - declared else "")
         except Exception as exc:  # noqa: BLE001 - a broken plugin should not hide the others
             features = f"(cannot load: {exc})"
         click.echo(f"  {name:24} {features}")

@@ -7,7 +7,10 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
-FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "interleave", "preemption"})
+# "stop", "abort", "fork": the request lifecycle (Request.stop, Request.abort_at, Request.n > 1)
+LIFECYCLE = frozenset({"stop", "abort", "fork"})
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "interleave", "preemption"}) | LIFECYCLE
+ABORT_PHASES = ("before prefill", "during prefill", "after prefill")  # Completion.stats["abort_phase"] = index + 1
 DRAFTS = ("bigram", "trigram", "prompt_lookup")
 
 
@@ -23,6 +26,15 @@ class Request:
     prompt: tuple[int, ...]
     max_new_tokens: int
     arrival: int = 0  # scheduler step at which the request becomes visible
+    stop: tuple[int, ...] = ()  # generation ends at the first generated token in ``stop`` (included)
+    abort_at: int | None = None  # the client aborts the request at the start of this step (>= arrival)
+    n: int = 1  # parallel greedy continuations of the prompt, sharing its blocks
+
+    def expected_length(self, continuation: Sequence[int]) -> int:
+        """Tokens a request that is not aborted returns, given the greedy ``continuation``
+        (at least max_new_tokens long): up to and including the first stop token."""
+        cut = next((i + 1 for i, t in enumerate(continuation[: self.max_new_tokens]) if t in self.stop), None)
+        return self.max_new_tokens if cut is None else cut
 
 
 @dataclass(frozen=True)
@@ -41,10 +53,27 @@ class EngineConfig:
 @dataclass
 class Completion:
     rid: int
-    tokens: list[int]  # exactly max_new_tokens greedy tokens (0 allowed), no EOS
+    tokens: list[int]  # max_new_tokens greedy tokens (0 allowed), no EOS; fewer if a stop token or an abort ended them
     logits: torch.Tensor | None = None  # [len(tokens), vocab]: the logits each token was chosen from
     stats: dict[str, int] = field(default_factory=dict)
-    # cached_prefix_tokens, preemptions, draft_proposed, draft_accepted
+    # cached_prefix_tokens, preemptions, draft_proposed, draft_accepted; abort_phase (1 + an ABORT_PHASES index)
+    # where the abort ended a live request
+    forks: list[Completion] = field(default_factory=list)  # continuations 2..n of a request with n > 1
+
+
+@dataclass(frozen=True)
+class PoolAccount:
+    """A target's pool after a trace (``target.last_pool``), in its own unit (blocks, cells).
+    Once every request has finished or been aborted, ``total - free - cached`` is leaked."""
+
+    total: int
+    free: int
+    cached: int = 0  # held only by the prefix cache, no request references them: not a leak
+    unit: str = "blocks"
+
+    @property
+    def leaked(self) -> int:
+        return self.total - self.free - self.cached
 
 
 @runtime_checkable
@@ -59,12 +88,15 @@ class Target(Protocol):
         ...
 
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list:
-        """Greedy; one Completion per request, in request order."""
+        """Greedy; one Completion per request, in request order (a request with n > 1: its first
+        continuation, the others in ``forks``). Optional after it: ``last_stats`` (engine-wide
+        counters) and ``last_pool`` (a PoolAccount, for the leak check)."""
         ...
 
 
 def min_blocks_for(request: Request, config: EngineConfig) -> int:
-    """Blocks the contract guarantees a pool has: the request's prompt, new tokens and spec slack."""
+    """Blocks the contract guarantees a pool has: the request's prompt, new tokens and spec slack
+    (of one continuation: an engine runs the forks of ``n`` one at a time if it must)."""
     return -(-(len(request.prompt) + request.max_new_tokens + config.spec_k) // config.block_size)
 
 
@@ -103,6 +135,12 @@ def validate_requests(requests: Sequence[Request], config: EngineConfig, vocab_s
             raise ValueError(f"request rid={r.rid}: token outside vocab [0, {vocab_size})")
         if r.max_new_tokens < 0 or r.arrival < 0:
             raise ValueError(f"request rid={r.rid}: max_new_tokens and arrival must be >= 0")
+        if any(not 0 <= t < vocab_size for t in r.stop):
+            raise ValueError(f"request rid={r.rid}: stop token outside vocab [0, {vocab_size})")
+        if r.abort_at is not None and r.abort_at < r.arrival:
+            raise ValueError(f"request rid={r.rid}: abort_at={r.abort_at} before its arrival {r.arrival}")
+        if r.n < 1:
+            raise ValueError(f"request rid={r.rid}: n={r.n}, must be >= 1")
         if len(r.prompt) + r.max_new_tokens > max_seq_len:
             raise ValueError(f"request rid={r.rid}: prompt + max_new_tokens = {len(r.prompt) + r.max_new_tokens} > max_seq_len {max_seq_len}")
         if config.num_blocks is not None and config.num_blocks < min_blocks_for(r, config):

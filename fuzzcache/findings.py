@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-KINDS = ("mismatch", "crash", "hang", "contract", "nondeterministic", "engine_error")
+KINDS = ("mismatch", "crash", "hang", "contract", "nondeterministic", "engine_error", "leak")
 
 
 class Finding(AssertionError):

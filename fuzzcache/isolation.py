@@ -32,7 +32,7 @@ from fuzzcache.findings import Finding
 
 START_LIMIT_S = 300.0  # building the target, or reading an attribute, in the worker
 TAIL_CHARS = 2000  # of the worker's stderr, kept in a crash finding
-VOLATILE = ("last_stats", "last_ignored")  # attributes a call changes: sent back after every call
+VOLATILE = ("last_stats", "last_ignored", "last_pool")  # attributes a call changes: sent back after every call
 _MISSING = object()
 
 

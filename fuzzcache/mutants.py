@@ -387,6 +387,112 @@ mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request kee
        scheduler=StaleTableScheduler)
 
 
+# ---- request lifecycle: stops, aborts, forks, leaks -------------------------------------------
+
+
+def free_outright(allocator: paged.BlockAllocator, block: int) -> None:
+    """Back to the free list, poisoned and out of the prefix cache, however many references it has."""
+    if allocator.is_cached(block):
+        allocator.on_evict(block)
+    allocator.evictable.pop(block, None)
+    allocator.ref_count[block] = 0
+    allocator.pool.poison(block)
+    if block not in allocator.free:
+        allocator.free.append(block)
+
+
+class AbortLeaksScheduler(Scheduler):
+    """The abort path takes the request out of the engine but never frees its blocks."""
+
+    def abort(self, seq):
+        seq.stats["abort_phase"] = seq.abort_phase
+        seq.aborted = True
+
+
+class AbortFreesSharedScheduler(Scheduler):
+    """An abort frees the request's blocks outright, though another request still holds them
+    through the prefix cache."""
+
+    def abort(self, seq):
+        for block in seq.block_table:
+            free_outright(self.allocator, block)
+        seq.block_table = []
+        super().abort(seq)
+
+
+class StopBeforeWriteScheduler(Scheduler):
+    """A request whose step emits a stop token is retired before that step's KV is written: its
+    full blocks are in the prefix cache already, unwritten."""
+
+    def write_and_advance(self, w, logits, new_kv):
+        emitted = self.ops.greedy_verify(logits, w.drafts)[0] if w.drafts else (
+            [int(logits[-1].argmax())] if w.seq.num_computed + w.n == len(w.seq.tokens) else [])
+        if any(t in w.seq.request.stop for t in emitted):
+            self.advance(w, logits)
+            return
+        super().write_and_advance(w, logits, new_kv)
+
+
+class CopyNotUsedScheduler(Scheduler):
+    """Copy-on-write makes the copy, but the block table keeps the shared block: the fork writes
+    into the block its siblings read, and the copy is never used (nor freed)."""
+
+    def prepare(self, work):
+        table = work.seq.block_table
+        for i in self.shared_blocks_written(work):
+            self.pool.copy_block(table[i], self.allocator.allocate())  # table[i] = copy forgotten
+        self.grow(work.seq, self.new_blocks_needed(work))
+
+
+class ForkWithoutReferenceScheduler(Scheduler):
+    """A fork copies its parent's block table without taking a reference to any block."""
+
+    def fork(self, parent):
+        share, self.allocator.share = self.allocator.share, lambda block: None
+        try:
+            super().fork(parent)
+        finally:
+            self.allocator.share = share
+
+
+class StopOneLateScheduler(Scheduler):
+    """The stop check looks at the token before the last: a request runs one token past its stop."""
+
+    def check_stop(self, seq):
+        first = next((i for i, t in enumerate(seq.output) if t in seq.request.stop), None)
+        if first is not None and len(seq.output) >= first + 2:
+            del seq.output[first + 2 :], seq.logits[first + 2 :]
+            seq.stopped = True
+
+
+class PreemptForkFreesSharedScheduler(Scheduler):
+    """Preempting one of a request's n continuations frees every block it holds outright, the
+    ones its siblings still share too."""
+
+    def preempt(self, seq):
+        if seq.request.n > 1:
+            for block in seq.block_table:
+                free_outright(self.allocator, block)
+            seq.block_table = []
+        super().preempt(seq)
+
+
+mutant("abort_leaks_blocks", "lifecycle", "an aborted request's blocks never go back to the pool",
+       "engine.trace: [prompt=1 new=2 abort=1]", scheduler=AbortLeaksScheduler)
+mutant("abort_frees_shared_blocks", "lifecycle", "an abort frees blocks another request still holds through the prefix cache",
+       "engine.trace: TBD", scheduler=AbortFreesSharedScheduler)
+mutant("stop_retires_before_kv_write", "lifecycle", "a request ending on a stop token retires before its last KV write, its block already in the prefix cache",
+       "engine.trace: TBD", scheduler=StopBeforeWriteScheduler)
+mutant("fork_writes_shared_block", "lifecycle", "a fork writes into the partial block it shares with its siblings: the copy-on-write copy is made, then never used",
+       "engine.trace: TBD", scheduler=CopyNotUsedScheduler)
+mutant("fork_without_reference", "lifecycle", "a fork shares its parent's blocks without taking a reference to them",
+       "engine.trace: TBD", scheduler=ForkWithoutReferenceScheduler)
+mutant("stop_one_token_late", "lifecycle", "a request runs one token past its stop token",
+       "engine.trace: TBD", scheduler=StopOneLateScheduler)
+mutant("preempt_fork_frees_shared", "lifecycle", "preempting one of n continuations frees the blocks its siblings still share",
+       "engine.trace: TBD", scheduler=PreemptForkFreesSharedScheduler)
+
+
 # ---- KV-cache surgery on HF models (fuzzcache.surgery) ----------------------------------------
 # (the surgery modules import transformers only when called)
 

@@ -122,9 +122,9 @@ def short_form_tokens(repro: str) -> int | None:
     if not repro:
         return None
     short = repro.split(": ", 1)[-1]
-    requests = re.findall(r"\[prompt=(\d+) new=(\d+)", short)
+    requests = re.findall(r"\[prompt=(\d+) new=(\d+)(?: n=(\d+))?", short)
     if requests:
-        return sum(int(p) + int(n) for p, n in requests)
+        return sum(int(p) + int(forks or 1) * int(n) for p, n, forks in requests)
     fields = dict(re.findall(r"(\w+)=(\[[^\]]*\]|'[^']*'|\"[^\"]*\"|-?\d+)", short))
     total, rows = 0, 1
     for name, value in fields.items():

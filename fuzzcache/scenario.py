@@ -21,7 +21,7 @@ class TraceScenario:
 
     def short(self) -> str:
         c = self.config
-        reqs = " ".join(f"[prompt={len(r.prompt)} new={r.max_new_tokens}" + (f" at={r.arrival}]" if r.arrival else "]") for r in self.requests)
+        reqs = " ".join(request_short(r) for r in self.requests)
         changed = {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if getattr(c, f.name) != f.default}
         return f"{reqs} " + " ".join(f"{k}={v}" for k, v in changed.items())
 
@@ -41,6 +41,13 @@ class TraceScenario:
         for candidate in trace_reductions(self, target):
             if valid_trace(candidate.scenario if isinstance(candidate, Reduced) else candidate, target):
                 yield candidate
+
+
+def request_short(r: Request) -> str:
+    """``[prompt=P new=N n=2 stop=[t] abort=S at=A]``: lengths, and the lifecycle fields that are not their defaults."""
+    lifecycle = (f" n={r.n}" if r.n > 1 else "") + (" stop=[" + ",".join(map(str, r.stop)) + "]" if r.stop else "") + (
+        f" abort={r.abort_at}" if r.abort_at is not None else "")
+    return f"[prompt={len(r.prompt)} new={r.max_new_tokens}{lifecycle}" + (f" at={r.arrival}]" if r.arrival else "]")
 
 
 def short_form(scenario: Any) -> str:

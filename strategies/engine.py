@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from fuzzcache.contract import DRAFTS, EngineConfig, Request, min_blocks_for
 from fuzzcache.scenario import TraceScenario
 from strategies.lengths import chunk_sizes, max_new_tokens, prompt_lengths, target_block_sizes
+from strategies.lifecycle import Greedy, oracle_greedy, with_lifecycles
 
 MAX_REQUESTS = 4
 MAX_NEW = 8
@@ -116,11 +117,13 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
 
 @st.composite
 def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None,
-                    traits: Traits = Traits()) -> TraceScenario:
+                    traits: Traits = Traits(), greedy: Greedy | None = None) -> TraceScenario:
     """A request trace plus a config over the target's features; with ``focus``, at least two
-    requests (with a shared prefix) and that path always on."""
+    requests (with a shared prefix) and that path always on. ``greedy`` (the oracle's
+    continuation) lets stop tokens be drawn from it."""
     block_size = draw(target_block_sizes(traits.block_sizes, traits.min_block_size)) if "paged" in features else EngineConfig().block_size
     requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1))
+    requests = draw(with_lifecycles(requests, features, block_size, vocab_size, greedy))
     return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, traits)))
 
 
@@ -128,4 +131,5 @@ def target_trace_scenarios(target, focus: str | None = None, features: frozenset
     """trace_scenarios over what ``target`` declares: its features (or ``features``) and its Traits."""
     return trace_scenarios(
         frozenset(target.features) if features is None else features, target.vocab_size, target.max_seq_len, focus, traits_of(target),
+        oracle_greedy(target),
     )

@@ -157,6 +157,44 @@ def test_a_shift_range_bug_planted_in_the_memory_wrapper_is_caught_and_shrunk(tm
     PROPERTIES["surgery.memory"].check(target_for("llamacpp:llama"), planted.scenario)  # llama.cpp itself passes it
 
 
+@pytest.mark.parametrize("config", [EngineConfig(), EngineConfig(spec_k=3), EngineConfig(prefix_cache=True, chunk_size=2, max_batch_tokens=4),
+                                    EngineConfig(max_num_seqs=2), EngineConfig(num_blocks=6, block_size=4)])
+def test_the_lifecycle_maps_onto_sequences(llamacpp_target, config):
+    """Stop tokens end a request in the server loop, aborts ``seq_rm`` its sequence at the step
+    (before, during and after prefill), forks are sequences sharing the prompt's cells
+    (``seq_cp``); every request sequence but the prefix-reuse ones ends holding no cell."""
+    full = greedy_continuation(llamacpp_target.reference_logits, SHARED, 6)[0]
+    trace = (
+        Request(0, SHARED, 6, stop=(full[2],)),  # ends early at its first occurrence of full[2]
+        Request(1, SHARED + (7,), 6, n=3),
+        Request(2, (16,) * 9, 5, arrival=1, abort_at=2),  # aborted while its prompt is being computed, or after it
+        Request(3, (4, 5), 6, arrival=2, abort_at=2),  # aborted at its arrival: before prefill
+    )
+    out = llamacpp_target.generate(trace, config)
+    assert out[0].tokens == full[: full.index(full[2]) + 1]
+    want = greedy_continuation(llamacpp_target.reference_logits, SHARED + (7,), 6)[0]
+    assert [out[1].tokens] + [f.tokens for f in out[1].forks] == [want] * 3
+    assert llamacpp_target.last_stats["forks"] == 2
+    partial = greedy_continuation(llamacpp_target.reference_logits, (16,) * 9, 5)[0]
+    assert out[2].tokens == partial[: len(out[2].tokens)] and out[2].stats["abort_phase"] in (1, 2, 3)
+    assert out[3].tokens == [] and out[3].stats["abort_phase"] == 1
+    assert llamacpp_target.last_pool.leaked == 0, llamacpp_target.last_pool
+    during = llamacpp_target.generate([Request(0, (16,) * 9, 5, abort_at=1)], EngineConfig(max_batch_tokens=4))[0]
+    assert during.tokens == [] and during.stats["abort_phase"] == 2 and llamacpp_target.last_pool.leaked == 0
+
+
+def test_an_abort_that_leaves_its_cells_is_a_leak(tmp_path):
+    spec = "fuzzcache.targets.llamacpp.planted:abort_leaks"
+    run = run_property(PROPERTIES["engine.trace"], resolve_target(spec), spec, FIND, tmp_path)
+    assert len(run.found) == 1 and run.found[0].kind == "leak", run.found
+    found = run.found[0]
+    print(f"abort_leaks: found after {run.examples_to_find} examples; repro {found.scenario.short()}")
+    # minimal (3 tokens): one request aborted once it holds a cell, i.e. after its one-token prompt
+    # ([prompt=1 new=2 abort=1]) or its first prompt token of two ([prompt=2 new=1 abort=1] max_batch_tokens=1)
+    assert found.scenario.short().strip() in ("[prompt=1 new=2 abort=1]", "[prompt=2 new=1 abort=1] max_batch_tokens=1"), found.scenario.short()
+    PROPERTIES["engine.trace"].check(target_for("llamacpp:llama"), found.scenario)  # the unplanted target passes it
+
+
 def test_llamacpp_still_aborts_when_n_batch_is_below_n_seq_max():
     """The upstream abort the target avoids (corpus/llamacpp-outputs-below-seq-max.md): a context of
     n_batch=1, n_seq_max=2 and llama.cpp's default n_outputs_max aborts on its first decode."""

@@ -21,7 +21,7 @@ from fuzzcache.properties import PROPERTIES, get
 from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import resolve_target
 
-PATHS = {"kv", "batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "fused", "preemption", "surgery"}
+PATHS = {"kv", "batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "fused", "preemption", "surgery", "lifecycle"}
 FAST = ["mutant:kv_trim_keeps_one_rejected", "mutant:paged_gather_floor_blocks", "mutant:chunk_short_last_dropped"]
 
 
@@ -48,8 +48,10 @@ def test_fast_subset_is_killed_at_its_documented_trigger(tmp_path):
 
 def trace_of(short: str) -> TraceScenario:
     """A documented trace trigger's short form as a scenario, every token 0."""
-    requests = tuple(Request(i, (0,) * int(p), int(n), int(a or 0))
-                     for i, (p, n, a) in enumerate(re.findall(r"\[prompt=(\d+) new=(\d+)(?: at=(\d+))?\]", short)))
+    pattern = r"\[prompt=(\d+) new=(\d+)(?: n=(\d+))?(?: stop=\[([\d,]*)\])?(?: abort=(\d+))?(?: at=(\d+))?\]"
+    requests = tuple(Request(i, (0,) * int(p), int(new), int(at or 0), tuple(int(t) for t in stop.split(",") if t),
+                             int(abort) if abort else None, int(n or 1))
+                     for i, (p, new, n, stop, abort, at) in enumerate(re.findall(pattern, short)))
     config = {k: v == "True" if v in ("True", "False") else int(v) for k, v in re.findall(r"(\w+)=(\w+)", short.rsplit("]", 1)[1])}
     return TraceScenario(requests, EngineConfig(**config))
 

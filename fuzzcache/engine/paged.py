@@ -30,6 +30,12 @@ class BlockPool:
         self.block_size = block_size
         self.num_blocks = num_blocks
 
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy every slot of block ``src`` into block ``dst`` (copy-on-write)."""
+        for k, v in zip(self.k, self.v):
+            k[dst] = k[src]
+            v[dst] = v[src]
+
     def poison(self, block: int, from_slot: int = 0) -> None:
         """Fill slots ``from_slot..`` of ``block`` with NaN."""
         for k, v in zip(self.k, self.v):

@@ -14,7 +14,7 @@ import math
 import torch
 
 from fuzzcache.compare import compare_request, target_tolerance
-from fuzzcache.contract import EngineConfig
+from fuzzcache.contract import ABORT_PHASES, LIFECYCLE, EngineConfig
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, contract, mismatch
 from fuzzcache.guard import Unsupported, call_target
@@ -46,20 +46,52 @@ def run_generate(target, scenario: TraceScenario, via: str | None = None) -> lis
     for req, comp in zip(scenario.requests, out):
         if getattr(comp, "rid", None) != req.rid:
             raise contract(f"completion {getattr(comp, 'rid', None)!r} where request {req.rid} was expected (order)")
-        tokens = list(comp.tokens)
-        if len(tokens) != req.max_new_tokens:
-            raise contract(f"request {req.rid}: {len(tokens)} tokens, max_new_tokens={req.max_new_tokens}", rid=req.rid)
-        if any(not 0 <= t < target.vocab_size for t in tokens):
-            raise contract(f"request {req.rid}: token outside the vocab", rid=req.rid)
-        logits = getattr(comp, "logits", None)
-        if logits is not None:
-            if tuple(logits.shape) != (len(tokens), target.vocab_size):
-                raise contract(f"request {req.rid}: logits shape {tuple(logits.shape)}, expected {(len(tokens), target.vocab_size)}", rid=req.rid)
-            if not torch.isfinite(logits.float()).all():
-                step = int((~torch.isfinite(logits.float())).any(-1).nonzero()[0])
-                raise contract(f"request {req.rid}: NaN/inf logits at step {step}", rid=req.rid, step=step)
+        forks = list(getattr(comp, "forks", None) or [])
+        if len(forks) != req.n - 1:
+            raise contract(f"request {req.rid}: {1 + len(forks)} continuations, n={req.n}", rid=req.rid, what="forks")
+        for i, each in enumerate([comp, *forks]):
+            check_shape(target, req, each, f"request {req.rid}" + (f" continuation {i + 1}" if req.n > 1 else ""))
+    check_pool(target)
     note_paths(target, scenario, out)
     return out
+
+
+def continuations(completion) -> list:
+    """A request's completions: the first continuation and its forks."""
+    return [completion, *(getattr(completion, "forks", None) or [])]
+
+
+def check_shape(target, req, comp, name: str) -> None:
+    """One continuation's length (max_new_tokens, ended early only by its first stop token or an
+    abort), vocab and logits."""
+    tokens = list(comp.tokens)
+    early_stop = next((i for i, t in enumerate(tokens[:-1]) if t in req.stop), None)
+    if early_stop is not None:
+        raise contract(f"{name}: went on past stop token {tokens[early_stop]} at step {early_stop}", rid=req.rid, step=early_stop + 1, what="past stop")
+    if len(tokens) > req.max_new_tokens or (len(tokens) < req.max_new_tokens and req.abort_at is None and not (tokens and tokens[-1] in req.stop)):
+        raise contract(f"{name}: {len(tokens)} tokens, max_new_tokens={req.max_new_tokens}" + (f", stop={list(req.stop)}" if req.stop else ""),
+                       rid=req.rid, what="length")
+    if any(not 0 <= t < target.vocab_size for t in tokens):
+        raise contract(f"{name}: token outside the vocab", rid=req.rid)
+    logits = getattr(comp, "logits", None)
+    if logits is not None:
+        if tuple(logits.shape) != (len(tokens), target.vocab_size):
+            raise contract(f"{name}: logits shape {tuple(logits.shape)}, expected {(len(tokens), target.vocab_size)}", rid=req.rid)
+        if not torch.isfinite(logits.float()).all():
+            step = int((~torch.isfinite(logits.float())).any(-1).nonzero()[0])
+            raise contract(f"{name}: NaN/inf logits at step {step}", rid=req.rid, step=step)
+
+
+def check_pool(target) -> None:
+    """The leak check: once every request finished or was aborted, every block the target's pool
+    account (``last_pool``, optional) holds is free or only cached."""
+    pool = getattr(target, "last_pool", None)
+    if pool is None:
+        return
+    reached("leak check")
+    if pool.leaked > 0:
+        raise Finding("leak", f"{pool.leaked} of {pool.total} {pool.unit} not back in the pool after every request ended "
+                              f"(free {pool.free}, cached {pool.cached})", {"what": "leak", "leaked": pool.leaked})
 
 
 def note_paths(target, scenario: TraceScenario, completions: list) -> None:
@@ -82,6 +114,8 @@ def note_paths(target, scenario: TraceScenario, completions: list) -> None:
     ignored = tuple(getattr(target, "last_ignored", ()))
     for field in ignored:
         reached(f"{field} not expressible on this target's path")
+    for feature in sorted(LIFECYCLE - frozenset(target.features)):
+        reached(f"{feature} not expressible on this target (never drawn)")
     c = scenario.config
     if c.chunk_size and "chunk_size" not in ignored and any(len(r.prompt) > c.chunk_size and len(r.prompt) % c.chunk_size for r in scenario.requests):
         reached("short last chunk")
@@ -91,6 +125,24 @@ def note_paths(target, scenario: TraceScenario, completions: list) -> None:
         reached("ragged batch")
     if any(r.max_new_tokens == 0 for r in scenario.requests):
         reached("max_new_tokens=0")
+    note_lifecycle(scenario, completions)
+
+
+def note_lifecycle(scenario: TraceScenario, completions: list) -> None:
+    """Early stops, aborts by phase, forks."""
+    for req, comp in zip(scenario.requests, completions):
+        for each in continuations(comp):
+            tokens, phase = list(each.tokens), (getattr(each, "stats", {}) or {}).get("abort_phase", 0)
+            if tokens and tokens[-1] in req.stop and len(tokens) < req.max_new_tokens:
+                reached("early stop")
+            if tokens and tokens[-1] in req.stop and len(tokens) == req.max_new_tokens:
+                reached("stop token at max_new_tokens")
+            if phase:
+                reached(f"abort {ABORT_PHASES[phase - 1]}")
+            elif req.abort_at is not None:
+                reached("abort after the request ended")
+        if req.n > 1 and any(c.tokens for c in continuations(comp)[1:]):
+            reached("fork")
 
 
 def oracle_rows(target, prompt, tokens) -> torch.Tensor:
@@ -115,7 +167,7 @@ def check_trace(target, scenario: TraceScenario) -> list:
     tol = target_tolerance(target)
     completions = run_generate(target, scenario)
     near_ties = 0
-    for req, comp in zip(scenario.requests, completions):
+    for req, comp in ((r, c) for r, whole in zip(scenario.requests, completions) for c in continuations(whole)):
         if not comp.tokens:
             continue
         result = compare_request(req.rid, list(comp.tokens), oracle_rows(target, req.prompt, comp.tokens), getattr(comp, "logits", None), tol)
@@ -162,12 +214,13 @@ def assert_same_outputs(target, requests, a: list, b: list, name_a: str, name_b:
     """Two runs of the same requests agree: logits up to where the tokens part, and tokens up to
     a near-tie judged by the oracle at the first difference."""
     tol = target_tolerance(target)
-    for req, ca, cb in zip(requests, a, b):
-        ta, tb = list(ca.tokens), list(cb.tokens)
+    pairs = ((r, x, y) for r, wa, wb in zip(requests, a, b) for x, y in zip(continuations(wa), continuations(wb)))
+    for req, ca, cb in pairs:
+        ta, tb = list(ca.tokens), list(cb.tokens)  # an abort may end them at different lengths
         step = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), None)
         la, lb = getattr(ca, "logits", None), getattr(cb, "logits", None)
         if la is not None and lb is not None:  # logits agree up to where the tokens part
-            n = len(ta) if step is None else step + 1
+            n = min(len(ta), len(tb)) if step is None else step + 1
             diff = (la[:n].float() - lb[:n].float()).abs().amax(-1) if n else torch.zeros(0)
             bad = (diff > tol.logits).nonzero()
             if len(bad) and by_design(target, requests):

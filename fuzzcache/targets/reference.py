@@ -39,6 +39,7 @@ class ReferenceTarget:
         self.max_seq_len = self.model.config.max_seq_len
         self.features = FEATURES
         self.last_stats: dict[str, int] = {}
+        self.last_pool = None  # a PoolAccount after each generate
         self._surgery = surgery
 
     @property
@@ -59,4 +60,5 @@ class ReferenceTarget:
         scheduler = self.scheduler_class(self.model, config, list(requests), self.ops)
         completions = scheduler.run()
         self.last_stats = scheduler.engine_stats
+        self.last_pool = scheduler.pool_account
         return completions

@@ -9,6 +9,11 @@ prefix cache is on); the batch takes each running request's decode row (its last
 Rejected drafts are removed with ``seq_rm``. When the cache has no room for a batch
 (``llama_decode`` returns 1), cached sequences of finished requests are dropped first, then the
 request admitted last is preempted (``seq_rm`` of its whole sequence) and later recomputed.
+
+The request lifecycle: a request ends at its first stop token (cells of accepted drafts past it are
+removed); the client's abort at the start of step ``abort_at`` removes its sequences (``seq_rm``); a
+request with ``n`` > 1 forks once its prompt is computed: each other continuation is a new sequence
+that shares the prompt's cells (``seq_cp``), or, past ``max_num_seqs``, waits and recomputes them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fuzzcache.contract import Completion, EngineConfig, EngineError, Request
+from fuzzcache.contract import Completion, EngineConfig, EngineError, PoolAccount, Request
 from fuzzcache.engine.drafts import make_draft
 from fuzzcache.targets.llamacpp.library import Context
 
@@ -37,10 +42,19 @@ class Slot:
     logits: list[torch.Tensor] = field(default_factory=list)  # (V,) per generated token
     stats: dict[str, int] = field(default_factory=lambda: {"cached_prefix_tokens": 0, "preemptions": 0, "draft_proposed": 0, "draft_accepted": 0})
     admitted: int = -1  # step of (re)admission; the latest admitted is preempted first
+    fork: int = 0  # which of the request's n continuations
+    stopped: bool = False  # ended by a stop token
+    aborted: bool = False
+    forked: bool = False  # its request's other continuations exist
 
     @property
     def done(self) -> bool:
-        return len(self.generated) >= self.request.max_new_tokens and self.cached >= len(self.request.prompt)
+        return self.aborted or self.stopped or (len(self.generated) >= self.request.max_new_tokens and self.cached >= len(self.request.prompt))
+
+    @property
+    def abort_phase(self) -> int:
+        """1 + the ABORT_PHASES index of where an abort now finds this sequence."""
+        return 3 if self.generated else 2 if self.cached else 1
 
     @property
     def in_decode(self) -> bool:
@@ -63,24 +77,32 @@ class Row:
 class Server:
     """One ``run`` per ``generate`` call, over a context whose memory is cleared."""
 
-    def __init__(self, ctx: Context, config: EngineConfig, vocab_size: int, trim_extra: int = 0):
+    def __init__(self, ctx: Context, config: EngineConfig, vocab_size: int, trim_extra: int = 0, abort_frees: bool = True, max_seqs: int = 7):
         self.ctx, self.config, self.vocab_size = ctx, config, vocab_size
         self.trim_extra = trim_extra  # planted bugs only: positions left behind after a rejected draft
+        self.abort_frees = abort_frees  # planted bugs only: False = an abort leaves its cells in the cache
+        self.max_seqs = max_seqs  # sequence ids 0 .. max_seqs - 1 are the requests' and their forks
         self.budget = config.max_batch_tokens or ctx.shape.n_batch
-        self.stats = {"steps": 0, "evictions": 0, "preemptions": 0, "no_slot": 0}
+        self.stats = {"steps": 0, "evictions": 0, "preemptions": 0, "no_slot": 0, "forks": 0}
+        self.pool: PoolAccount | None = None
 
     def run(self, requests: Sequence[Request]) -> list[Completion]:
         config = self.config
+        if sum(r.n for r in requests) > self.max_seqs:
+            raise ValueError(f"{sum(r.n for r in requests)} continuations: this target runs at most {self.max_seqs} sequences at once")
         seqs = [Slot(r, i, list(r.prompt)) for i, r in enumerate(requests)]  # sequence id = request index
+        self.next_seq = len(seqs)  # forks take the ids after them
+        self.forks: list[Slot] = []
         pending = sorted(seqs, key=lambda s: (s.request.arrival, s.seq))
         waiting: list[Slot] = []
         running: list[Slot] = []
         idle: list[Slot] = []  # finished, their cells kept for prefix reuse
         self.held = False  # after a preemption, nothing joins until a request finishes (or none runs)
-        step, limit = 0, 8 * sum(len(r.prompt) + r.max_new_tokens + 1 for r in requests) + max(r.arrival for r in requests) + 16
+        step, limit = 0, 8 * sum(len(r.prompt) + r.n * r.max_new_tokens + 1 for r in requests) + max(r.arrival for r in requests) + 16
         while pending or waiting or running:
             while pending and pending[0].request.arrival <= step:
                 waiting.append(pending.pop(0))
+            self._abort_due(step, waiting, running)
             while waiting and len(running) < config.max_num_seqs and not (self.held and running):
                 s = waiting.pop(0)
                 s.admitted = step
@@ -97,6 +119,7 @@ class Server:
                 if rc != 0:
                     raise EngineError(f"llama_decode returned {rc} for a batch of {sum(len(r.tokens) for r in rows)} tokens")
                 self._advance(rows)
+                self._fork_new(rows, running, waiting)
                 for s in [s for s in running if s.done]:
                     running.remove(s)
                     self.held = False
@@ -108,7 +131,55 @@ class Server:
             self.stats["steps"] = step
             if step > limit:
                 raise TimeoutError(f"llama.cpp server loop did not finish in {limit} steps")
-        return [Completion(s.request.rid, s.generated, torch.stack(s.logits) if s.logits else torch.zeros(0, self.vocab_size), s.stats) for s in seqs]
+        self.pool = self._account(seqs + self.forks, idle)
+        completions = [self._completion(s) for s in seqs]
+        for c, s in zip(completions, seqs):
+            c.forks = [self._completion(f) for f in self.forks if f.request is s.request]
+            never = {"abort_phase": s.stats["abort_phase"]} if s.aborted else {}  # aborted before the fork, or max_new_tokens=0
+            c.forks += [Completion(s.request.rid, [], torch.zeros(0, self.vocab_size), dict(never)) for _ in range(s.request.n - 1 - len(c.forks))]
+        return completions
+
+    def _completion(self, s: Slot) -> Completion:
+        return Completion(s.request.rid, s.generated, torch.stack(s.logits) if s.logits else torch.zeros(0, self.vocab_size), s.stats)
+
+    def _abort_due(self, step: int, waiting: list[Slot], running: list[Slot]) -> None:
+        """The client's aborts: every live sequence of a request whose ``abort_at`` has come leaves, its cells removed."""
+        for queue in (running, waiting):
+            for s in [s for s in queue if s.request.abort_at is not None and s.request.abort_at <= step]:
+                queue.remove(s)
+                s.stats["abort_phase"] = s.abort_phase
+                s.aborted = True
+                if self.abort_frees:
+                    self.ctx.seq_rm(s.seq)
+
+    def _fork_new(self, rows: list[Row], running: list[Slot], waiting: list[Slot]) -> None:
+        """A request with n > 1 whose first token came this step forks: each other continuation is
+        a new sequence, sharing the parent's cells (``seq_cp``) where it can run at once."""
+        for s in [row.s for row in rows if row.s.request.n > 1 and row.s.fork == 0 and row.s.generated and not row.s.forked]:
+            s.forked = True
+            for j in range(1, s.request.n):
+                child = Slot(s.request, self.next_seq, list(s.tokens), generated=list(s.generated), logits=list(s.logits), fork=j, stopped=s.stopped)
+                self.next_seq += 1
+                self.forks.append(child)
+                self.stats["forks"] += 1
+                if child.stopped or len(child.generated) >= s.request.max_new_tokens:
+                    continue  # its first token was its last
+                if len(running) < self.config.max_num_seqs:
+                    self.ctx.seq_cp(s.seq, child.seq, 0, s.cached)
+                    child.cached, child.admitted = s.cached, s.admitted
+                    running.append(child)
+                else:
+                    waiting.insert(0, child)
+
+    def _account(self, slots: list[Slot], idle: list[Slot]) -> PoolAccount:
+        """The cells each request sequence still holds (llama.cpp has no count of free cells): all
+        but the sequences kept for prefix reuse must hold none."""
+        def held(s: Slot) -> int:
+            last = self.ctx.pos_max(s.seq)
+            return 0 if last < 0 else last - self.ctx.pos_min(s.seq) + 1
+
+        total = sum(held(s) for s in slots)
+        return PoolAccount(total, 0, sum(held(s) for s in idle), unit="cells held by request sequences")
 
     def _reuse_prefix(self, s: Slot, cached: list[Slot]) -> None:
         """Copy the longest prefix ``s`` shares with a cached sequence (never its last token, whose logits it needs)."""
@@ -162,12 +233,16 @@ class Server:
                     accepted += 1
                 s.stats["draft_accepted"] += accepted
                 new = row.drafts[:accepted] + [int(chosen[accepted].argmax())]
-                s.logits += chosen[: accepted + 1]
+                new = self._until_stop(s, new)
+                s.logits += chosen[: len(new)]
                 s.generated += new
                 s.tokens += new
                 s.cached += 1 + accepted
                 if accepted < len(row.drafts):  # rejected drafts' cells go
                     self.ctx.seq_rm(s.seq, s.cached + self.trim_extra, -1)
+                if s.cached > len(s.tokens):  # accepted drafts past a stop token are not the sequence's
+                    self.ctx.seq_rm(s.seq, len(s.tokens), -1)
+                    s.cached = len(s.tokens)
             else:
                 s.cached += n
                 if row.outputs:
@@ -176,7 +251,17 @@ class Server:
                     token = int(last.argmax())
                     s.generated.append(token)
                     s.tokens.append(token)
+                    s.stopped = token in s.request.stop
             index += n
+
+    @staticmethod
+    def _until_stop(s: Slot, new: list[int]) -> list[int]:
+        """``new`` up to and including its first stop token (which ends the request)."""
+        cut = next((i + 1 for i, t in enumerate(new) if t in s.request.stop), None)
+        if cut is None:
+            return new
+        s.stopped = True
+        return new[:cut]
 
     def _make_room(self, running: list[Slot], waiting: list[Slot], idle: list[Slot]) -> None:
         """The batch found no room: drop finished requests' cached cells, else preempt the request admitted last."""

@@ -17,6 +17,14 @@ def trim_one_short(**options) -> LlamaCppTarget:
     return target
 
 
+def abort_leaks(**options) -> LlamaCppTarget:
+    """llamacpp:llama whose server loop takes an aborted request out of its queues but never
+    removes its sequence's cells (no ``seq_rm``)."""
+    target = LlamaCppTarget("llama", name="llamacpp:llama+abort_leaks", **options)
+    target.abort_frees = False
+    return target
+
+
 class ShiftRangeOneShort:
     """A memory session whose seq_add leaves the last position of its range where it was."""
 

@@ -45,10 +45,10 @@ from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
 
 ARCHITECTURES = tuple(GGUF_ARCHITECTURES)
 MAX_SEQ_LEN = 64
-N_SEQ_MAX = 8  # requests, surgery's sequences, and the ballast (the last id)
+N_SEQ_MAX = 16  # requests and their forks, surgery's sequences, and the ballast (the last id)
 BALLAST_SEQ = N_SEQ_MAX - 1
 UNBOUNDED_BATCH = 512  # n_batch when max_batch_tokens is None: every step fits
-FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"})
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"})
 VARIANTS = {  # name suffix -> (KV cache type, flash attention)
     "": (F32, FLASH_OFF), "+f16kv": (F16, FLASH_OFF), "+flash": (F32, FLASH_ON), "+f16kv+flash": (F16, FLASH_ON),
 }
@@ -94,7 +94,9 @@ class LlamaCppTarget:
         path = write_gguf(self.model, base, Path(self._folder.name) / f"{base}.gguf")
         self.engine = Model(path, VOCAB_SIZE)
         self.trim_extra = 0  # planted bugs only
+        self.abort_frees = True  # planted bugs only
         self.last_stats: dict[str, int] = {}
+        self.last_pool = None  # a PoolAccount after each generate (cells each request sequence holds)
 
     @torch.no_grad()
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -108,18 +110,16 @@ class LlamaCppTarget:
 
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
-        if len(requests) > BALLAST_SEQ:
-            raise ValueError(f"{len(requests)} requests: this target runs at most {BALLAST_SEQ} sequences at once")
-        need = sum(len(r.prompt) + r.max_new_tokens + config.spec_k for r in requests)
+        need = sum(len(r.prompt) + r.n * (r.max_new_tokens + config.spec_k) for r in requests)
         pool = need if config.num_blocks is None else config.num_blocks * config.block_size
         n_ctx = -(-max(pool, 1) // CONTEXT_PAD) * CONTEXT_PAD
         ctx = self.engine.context(self.context_shape(n_ctx, config))
         self._fill_ballast(ctx, n_ctx - pool if config.num_blocks is not None else 0)
-        server = Server(ctx, config, self.vocab_size, self.trim_extra)
+        server = Server(ctx, config, self.vocab_size, self.trim_extra, self.abort_frees, max_seqs=BALLAST_SEQ)
         try:
             return server.run(requests)
         finally:
-            self.last_stats = dict(server.stats)
+            self.last_stats, self.last_pool = dict(server.stats), server.pool
 
     def memory_session(self) -> MemorySession:
         """A cleared context whose sequences 0 .. memory_seqs - 1 the caller edits: 1,024 cells, room for
