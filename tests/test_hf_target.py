@@ -1,6 +1,7 @@
-"""HF transformers as a target (hf:<arch>): every path agrees with the oracle on fixed traces, a
-bounded fuzz run of every applicable property on hf:llama finds nothing but the one triaged
-upstream bug, and planted bugs in wrapped transformers paths are caught and shrunk."""
+"""HF transformers as a target (hf:<arch>): every path agrees with the oracle on fixed traces, the
+request lifecycle (stop tokens, aborts by phase, forks, the pool account) maps onto continuous
+batching, a bounded fuzz run of every applicable property on hf:llama finds nothing but triaged
+upstream bugs, and planted bugs in wrapped transformers paths are caught and shrunk."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def greedy(target, prompt, n) -> list[int]:
 
 
 def test_features_are_declared_honestly(hf):
-    assert hf.features <= {"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"}
+    assert hf.features <= {"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"}
+    assert {"stop", "abort", "fork"} <= hf.features  # continuous batching expresses all three
     assert "interleave" not in hf.features  # continuous batching always fuses; there is no knob to compare against
     assert ("prefix_cache" in hf.features) == (hf.arch != "mistral")  # no block sharing for sliding-window layers
     assert hf.min_block_size == 4
@@ -75,6 +77,11 @@ def test_routing_follows_the_config_and_says_what_it_cannot_express():
     assert ignored("continuous", TRACE, EngineConfig(num_blocks=9, chunk_size=2)) == ("chunk_size",)
     assert path(TRACE, EngineConfig(spec_k=1)) == "speculative"
     assert ignored("speculative", TRACE, EngineConfig(spec_k=1, prefix_cache=True)) == ("arrival", "prefix_cache")
+    lifecycle = (Request(0, (1, 2), 3, abort_at=2), Request(1, (3,), 2, n=2, stop=(5,)))
+    assert path(lifecycle[:1], EngineConfig()) == path(lifecycle[1:], EngineConfig()) == "continuous"  # aborts and forks are exact there
+    assert ignored("continuous", lifecycle, EngineConfig()) == ()
+    assert ignored("batched", lifecycle, EngineConfig(chunk_size=2)) == ("abort_at", "n")  # run to the end; n independent rows
+    assert path((Request(0, (1, 2), 3, stop=(5,)),), EngineConfig()) == "single"  # every path honours stop tokens
 
 
 def test_speculative_configs_come_alone():
@@ -164,6 +171,129 @@ def _cb_config():
                                     max_blocks_per_request=0, auto_switch_to_flash=False, cpu_offload_space=0.0)
 
 
+# ---- the request lifecycle -------------------------------------------------------------------
+
+PROMPT = tuple(range(1, 11))
+
+
+@pytest.fixture(scope="module")
+def llama() -> HFTarget:
+    return resolve_target("hf:llama")
+
+
+@pytest.fixture(scope="module")
+def continuation(llama) -> list[int]:
+    return greedy(llama, PROMPT, 6)
+
+
+def _oracle_prefix(target, req, comp):
+    """A continuation's tokens are a prefix of the greedy continuation, logits row for row."""
+    assert comp.tokens == greedy(target, req.prompt, len(comp.tokens)), req
+    if comp.tokens:
+        oracle = target.reference_logits(list(req.prompt) + comp.tokens)[len(req.prompt) - 1 : -1]
+        assert comp.logits is not None and (comp.logits - oracle).abs().max() < 1e-4, req
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_stop_tokens_end_requests_on_every_path(llama, continuation, path):
+    """The stop token is the request's EOS on every path and is kept in the output; the batched
+    path runs one batch per stop set, a stop at max_new_tokens or past it changes nothing."""
+    g = continuation
+    requests = (
+        Request(0, PROMPT, 6, stop=(g[2],)),  # ends at its third token
+        Request(1, PROMPT, 6),
+        Request(2, PROMPT, 6, stop=(g[5], 63 if g[5] != 63 else 62)),  # the stop token is the last one anyway
+        Request(3, PROMPT, 6, stop=(g[0],), n=2),  # the first token stops it, in both continuations
+    )
+    out = llama.generate_via(path, requests, EngineConfig(block_size=4, spec_k=2))
+    expected = [g[:3], g, g, g[:1]]
+    assert [c.tokens for c in out] == expected, path
+    assert [f.tokens for f in out[3].forks] == [g[:1]]
+    for req, comp in zip(requests, out):
+        _oracle_prefix(llama, req, comp)
+
+
+def test_stopped_rows_are_cut_only_where_transformers_padded_them():
+    from fuzzcache.targets.hf.target import stopped_row
+
+    req = Request(0, (1,), 4, stop=(9,))
+    assert stopped_row([5, 9, 0, 0, 0], req) == [5, 9]  # finished: padded after its stop token
+    assert stopped_row([5, 9, 7, 0, 0], req) == [5, 9, 7, 0]  # went on past it: uncut, for the contract check
+    assert stopped_row([5, 6, 7, 8, 9], req) == [5, 6, 7, 8]  # the stop token past max_new_tokens
+
+
+ABORTS = [  # (abort_at, n, abort_phase, tokens emitted)
+    (0, 1, 1, 0), (1, 1, 2, 0), (2, 1, 2, 0), (3, 1, 3, 1), (4, 1, 3, 2), (30, 1, 0, 6),
+    (0, 3, 1, 0), (1, 3, 2, 0), (3, 3, 2, 0), (4, 3, 3, 1), (30, 3, 0, 6),
+]
+
+
+@pytest.mark.parametrize("abort_at,n,phase,emitted", ABORTS)
+def test_aborts_cancel_the_request_at_their_step(llama, continuation, abort_at, n, phase, emitted):
+    """A 10-token prompt prefilled 4 tokens a step: an abort at step 0 finds it not yet prefilled,
+    at steps 1-2 mid-prefill, from step 3 on (first token at step 2) decoding; at step 30 it has
+    finished. With n=3 transformers prefills 9 tokens, forks, and each continuation computes the
+    last prompt token on its own (first tokens at step 3): the forks are cancelled with the
+    request or, aborted before the fork, never made. The other request is unaffected and every
+    block is back in the pool, free or cached."""
+    for prefix_cache in (False, True):
+        requests = (Request(0, PROMPT, 6, abort_at=abort_at, n=n), Request(1, (5, 6, 7), 4, arrival=1))
+        out = llama.generate(requests, EngineConfig(block_size=4, max_batch_tokens=4, prefix_cache=prefix_cache))
+        assert len(out[0].forks) == n - 1
+        for comp in continuous_and_forks(out[0]):
+            assert comp.tokens == continuation[:emitted] and comp.stats.get("abort_phase", 0) == phase, (prefix_cache, comp)
+            _oracle_prefix(llama, requests[0], comp)
+        assert out[1].tokens == greedy(llama, (5, 6, 7), 4) and "abort_phase" not in out[1].stats
+        pool = llama.last_pool
+        assert pool.leaked == 0 and pool.unit == "blocks" and (pool.cached > 0) == prefix_cache, pool
+
+
+def test_forks_share_the_prompt_blocks_and_equal_the_oracle(llama, continuation):
+    """n=3 on continuous batching: transformers prefills all but the last prompt token once, then
+    forks; with block sharing the full prompt blocks are shared, not copied. The other paths run
+    n independent rows and say so."""
+    from fuzzcache.targets.hf import continuous
+
+    copied = []
+    llama.engine_hook = lambda manager, processor: _record_fork_copies(processor, copied)
+    try:
+        out = llama.generate((Request(0, PROMPT, 6, n=3),), EngineConfig(block_size=4, prefix_cache=True))
+    finally:
+        llama.engine_hook = None
+    assert [c.tokens for c in continuous_and_forks(out[0])] == [continuation] * 3
+    assert copied == [1, 1]  # per child: only the partial third block (tokens 8-9) is copied; blocks 0-1 are shared
+    assert llama.last_pool.leaked == 0
+    assert continuous.key_of("7__child#1") == (7, 2) and continuous.engine_id((7, 2)) == "7__child#1"
+    out = llama.generate_via("batched", (Request(0, PROMPT, 6, n=3),), EngineConfig())
+    assert [c.tokens for c in continuous_and_forks(out[0])] == [continuation] * 3 and llama.last_ignored == ("n",)
+
+
+def continuous_and_forks(completion) -> list:
+    return [completion, *completion.forks]
+
+
+def _record_fork_copies(processor, copied: list) -> None:
+    prepare = processor.cache.prepare_fork_request
+
+    def recorded(state, ids, src_and_dst):
+        forked = prepare(state, ids, src_and_dst)
+        copied.extend([len(src_and_dst["full_attention"][0]) // max(1, len(forked))] * len(forked))
+        return forked
+
+    processor.cache.prepare_fork_request = recorded
+
+
+def test_the_pool_account_counts_cached_blocks_apart():
+    """After a prefix-cached trace the blocks the ledger keeps for reuse are cached, not leaked;
+    the non-continuous paths have no pool."""
+    target = resolve_target("hf:llama")
+    target.generate((Request(0, PROMPT, 3), Request(1, PROMPT, 2, arrival=2)), EngineConfig(block_size=4, prefix_cache=True))
+    pool = target.last_pool
+    assert pool.leaked == 0 and pool.cached >= 2 and pool.free + pool.cached == pool.total
+    target.generate((Request(0, PROMPT, 3),), EngineConfig())
+    assert target.last_pool is None
+
+
 def test_small_pages_are_refused_naming_the_field():
     with pytest.raises(ValueError, match=r"EngineConfig.block_size=2: .*page_size >= 4"):
         resolve_target("hf:llama").generate(TRACE, EngineConfig(block_size=2, num_blocks=30))
@@ -185,12 +315,16 @@ PLANTED = [
     ("crop_drops_last_position", "engine.same.speculative"),
     ("crop_drops_last_position", "engine.trace"),
 ]  # the paths.* planted bugs run in tests/test_planted_bugs.py with every other property's
+LIFECYCLE_PLANTED = [("cancel_keeps_blocks", "leak"), ("stop_token_dropped", "contract")]
+# transformers' own lifecycle bugs (corpus/hf-fork-one-token-prompt.md, corpus/hf-cancel-after-soft-reset-hang.md),
+# passed over as a keep-going campaign passes over known failures
+UPSTREAM = {(p, kind, "") for p in PROPERTIES if p.startswith("engine.") for kind in ("engine_error", "hang")}
 
 
 @pytest.mark.parametrize("planted,property_id", PLANTED)
 def test_planted_bug_in_a_transformers_path_is_caught_and_shrunk(planted, property_id, tmp_path):
     spec = f"fuzzcache.targets.hf.planted:{planted}"
-    run = run_property(PROPERTIES[property_id], resolve_target(spec), spec, FIND, tmp_path)
+    run = run_property(PROPERTIES[property_id], resolve_target(spec), spec, FIND, tmp_path, known=UPSTREAM)
     assert len(run.found) == 1 and run.found[0].kind == "mismatch", run.found
     shrunk = run.found[0].scenario
     # the bug needs one rejected draft after one accepted token: the shrinker gets down to 1-token
@@ -201,3 +335,20 @@ def test_planted_bug_in_a_transformers_path_is_caught_and_shrunk(planted, proper
     assert record["target"] == spec
     clean = resolve_target("hf:llama")
     PROPERTIES[property_id].check(clean, run.found[0].scenario)  # the correct target passes the shrunk case
+
+
+@pytest.mark.parametrize("planted,kind", LIFECYCLE_PLANTED)
+def test_planted_lifecycle_bug_in_continuous_batching_is_caught(planted, kind, tmp_path):
+    """An engine that keeps a cancelled request's blocks is a leak; one that drops the stop token
+    from the output breaks the contract's length rule. Both shrink to one short request."""
+    spec = f"fuzzcache.targets.hf.planted:{planted}"
+    run = run_property(PROPERTIES["engine.trace"], resolve_target(spec), spec, FIND, tmp_path, known=UPSTREAM)
+    assert len(run.found) == 1 and run.found[0].kind == kind, run.found
+    shrunk = run.found[0].scenario
+    print(f"{planted}: found after {run.examples_to_find} examples; repro {shrunk.short()}")
+    assert len(shrunk.requests) == 1 and len(shrunk.requests[0].prompt) == 1, shrunk.short()
+    if kind == "leak":
+        assert shrunk.requests[0].abort_at is not None
+    else:
+        assert shrunk.requests[0].stop
+    PROPERTIES["engine.trace"].check(resolve_target("hf:llama"), shrunk)  # the correct target passes the shrunk case

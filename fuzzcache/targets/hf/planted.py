@@ -2,7 +2,8 @@
 
     fuzzcache fuzz --target fuzzcache.targets.hf.planted:crop_drops_last_position
 
-Each is a zero-argument factory returning an HFTarget (llama) with one bug.
+Each is a zero-argument factory returning an HFTarget (llama) with one bug. The lifecycle ones
+are planted in the continuous-batching engine through ``HFTarget.engine_hook``.
 """
 
 from __future__ import annotations
@@ -71,3 +72,60 @@ def positions_skip_on_batched() -> HFTarget:
 
 def positions_skip_on_continuous() -> HFTarget:
     return PositionsSkipOn("continuous")
+
+
+def cancel_keeps_blocks() -> HFTarget:
+    """``Scheduler.clear_cancelled_requests`` drops a cancelled request from the scheduler but
+    never calls ``cache.free_blocks``: an abort's blocks stay held (the leak check)."""
+    target = HFTarget("llama", name="hf:llama+cancel_keeps_blocks")
+    target.engine_hook = _cancel_keeping_blocks
+    return target
+
+
+def _cancel_keeping_blocks(manager, processor) -> None:
+    scheduler = processor.scheduler
+
+    def clear_cancelled_requests() -> list:
+        cancelled = []
+        with scheduler._cancellation_lock:
+            for request_id in scheduler._requests_to_cancel:
+                state = scheduler.active_requests.pop(request_id, None) or scheduler.waiting_requests.pop(request_id, None)
+                if state is not None:
+                    cancelled.append(state)
+                if request_id in scheduler.waiting_requests_order:
+                    scheduler.waiting_requests_order.remove(request_id)
+                # the bug: no scheduler.cache.free_blocks(request_id)
+            scheduler._requests_to_cancel = set()
+        return cancelled
+
+    scheduler.clear_cancelled_requests = clear_cancelled_requests
+
+
+def stop_token_dropped() -> HFTarget:
+    """``RequestState.update_and_check_completion`` finishes a request at its EOS (stop) token
+    without appending it: the output ends one token early, without its stop token."""
+    target = HFTarget("llama", name="hf:llama+stop_token_dropped")
+    target.engine_hook = _dropping_stop_tokens
+    return target
+
+
+def _dropping_stop_tokens(manager, processor) -> None:
+    from transformers.generation.continuous_batching.requests import (
+        RequestState,
+        RequestStatus,
+    )
+
+    class StopTokenDropped(RequestState):
+        def update_and_check_completion(self, token_id: int, logprob) -> bool:
+            if self.status == RequestStatus.DECODING and token_id in self._eos_token_ids:
+                self.status = RequestStatus.FINISHED
+                return True
+            return super().update_and_check_completion(token_id, logprob)
+
+    add = processor.scheduler.add_waiting_request
+
+    def add_waiting_request(state) -> None:
+        state.__class__ = StopTokenDropped
+        add(state)
+
+    processor.scheduler.add_waiting_request = add_waiting_request

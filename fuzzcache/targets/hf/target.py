@@ -11,7 +11,9 @@ config                  transformers path
 ``num_blocks``,         continuous batching (paged KV, ``page_size`` = block_size >= 4,
 ``max_batch_tokens``,   ``num_blocks``, ``max_batch_tokens``, ``allow_block_sharing`` = prefix_cache,
 ``prefix_cache`` or     ``max_requests_per_batch`` = max_num_seqs, soft reset of a request when the
-any arrival > 0         pool is full), stepped so each request is added at its arrival step
+(without chunk_size)    pool is full), stepped so each request is added at its arrival step
+any arrival > 0,        (and cancelled at its abort step)
+abort or n > 1
 several requests        one left-padded batched ``generate`` per group of max_num_seqs,
                         ``prefill_chunk_size`` = chunk_size
 one request             ``generate`` with a DynamicCache, ``prefill_chunk_size`` = chunk_size
@@ -20,12 +22,22 @@ one request             ``generate`` with a DynamicCache, ``prefill_chunk_size``
 ``generate_via(path, ...)`` forces a path (``static``: one request at a time with a StaticCache),
 for the metamorphic paths.* properties between transformers' own paths.
 
-Not expressible, and documented rather than faked: arrivals outside continuous batching (the
-batch APIs take every request at once); chunk_size inside continuous batching (it splits
-prompts by ``max_batch_tokens`` only); ``max_new_tokens=0`` (transformers always generates
-one token; such requests get no tokens without a call). ``Completion.logits`` are filled
-from ``output_logits`` on the ``generate`` paths and from the sampler's scores in continuous
-batching.
+The request lifecycle: stop tokens are ``eos_token_id`` on every path (``generate`` takes one
+EOS set per call, so the batched path runs one left-padded batch per stop set; a finished row is
+padded, and a row whose padding does not start right after its first stop token is returned
+uncut, for the contract check to report). Continuous batching cancels an aborted request with
+``cancel_request`` at its abort step and forks a request with ``n > 1`` (see ``continuous.py``),
+and its pool is the leak check's ``last_pool``.
+
+Not expressible, and documented rather than faked: arrivals and aborts outside continuous
+batching (the batch APIs take every request at once and run it to the end: an abort there is
+ignored, and the full continuation is a valid prefix); forks outside continuous batching
+(greedy ``generate`` and assisted generation refuse ``num_return_sequences > 1``, so the n
+continuations run as n independent rows, sharing no blocks); chunk_size inside continuous
+batching (it splits prompts by ``max_batch_tokens`` only); ``max_new_tokens=0``
+(transformers always generates one token; such requests get no tokens without a call).
+``Completion.logits`` are filled from ``output_logits`` on the ``generate`` paths and from the
+sampler's scores in continuous batching.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ from fuzzcache.targets.hf.continuous import stepped_generate
 from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, tiny_model
 
 PATHS = ("single", "batched", "static", "continuous", "speculative")
-FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"})
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"})
 MIN_PAGE_SIZE = 4  # ContinuousBatchingConfig.page_size must be >= 4
 PAD = 0
 CPU_OFFLOAD_GIB = 0.0  # a preempted request is soft-reset (recomputed); offloading needs pinned memory, so a CUDA device
@@ -77,11 +89,13 @@ def quiet_transformers():
 
 class HFTarget:
     """A tiny seeded ``arch`` model behind transformers' own generation paths. ``cache_class``
-    is the DynamicCache class the ``generate`` paths use (a planted bug replaces it)."""
+    is the DynamicCache class the ``generate`` paths use and ``engine_hook(manager, processor)``
+    runs on each continuous-batching engine before its first step (planted bugs set them)."""
 
     features = FEATURES
     min_block_size = MIN_PAGE_SIZE  # strategies draw block sizes from here up
     exclusive_features = frozenset({"speculative"})  # assisted generation runs without the paged engine: drafts come alone
+    engine_hook = None
 
     def __init__(self, arch: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu", name: str | None = None, cache_class=None):
         require_transformers()
@@ -105,6 +119,7 @@ class HFTarget:
         self._draft = None
         self.last_ignored: tuple[str, ...] = ()  # what the latest path could not express; note_paths reports it
         self.last_stats: dict[str, int] = {}
+        self.last_pool = None  # continuous batching's pool after the latest call (a PoolAccount), else None
 
     # ---- the contract -------------------------------------------------------------------------
 
@@ -137,20 +152,18 @@ class HFTarget:
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
         self.last_ignored = self.ignored_fields(path, requests, config)
         self.last_stats = {}
+        self.last_pool = None
         live = [r for r in requests if r.max_new_tokens > 0]
-        done = {r.rid: Completion(r.rid, [], torch.zeros(0, self.vocab_size)) for r in requests if r.max_new_tokens == 0}
+        done = {r.rid: [Completion(r.rid, [], torch.zeros(0, self.vocab_size)) for _ in range(r.n)] for r in requests if r.max_new_tokens == 0}
         if path == "speculative":
-            done |= {r.rid: self._assisted(r, config) for r in live}
+            done |= {r.rid: [self._assisted(r, config) for _ in range(r.n)] for r in live}
         elif path == "continuous":
             done |= self._continuous(requests, config)
-        elif path == "static":
-            done |= {r.rid: self._padded_batch([r], config, static=True)[r.rid] for r in live}
-        elif path == "single":
-            done |= {r.rid: self._padded_batch([r], config)[r.rid] for r in live}
+        elif path in ("static", "single"):
+            done |= {r.rid: [self._padded_batch([r], config, static=path == "static")[0] for _ in range(r.n)] for r in live}
         else:
-            for start in range(0, len(live), config.max_num_seqs):
-                done |= self._padded_batch(live[start : start + config.max_num_seqs], config)
-        return [done[r.rid] for r in requests]
+            done |= self._batched(live, config)
+        return [with_forks(done[r.rid]) for r in requests]
 
     def divergence_by_design(self, requests: Sequence[Request]) -> str | None:
         """Why any divergence on this trace is expected by design, or None: dynamic RoPE rescales its
@@ -171,8 +184,8 @@ class HFTarget:
             return "speculative"
         if config.num_blocks is not None or config.max_batch_tokens is not None or config.prefix_cache:
             return "continuous"
-        if config.chunk_size is None and any(r.arrival for r in requests):
-            return "continuous"  # arrivals are exact there; a chunk size is honoured only by generate
+        if config.chunk_size is None and any(r.arrival or r.abort_at is not None or r.n > 1 for r in requests):
+            return "continuous"  # arrivals, aborts and forks are exact there; a chunk size is honoured only by generate
         return "batched" if len(requests) > 1 else "single"
 
     @staticmethod
@@ -181,9 +194,9 @@ class HFTarget:
         asked = {
             "arrival": any(r.arrival for r in requests), "chunk_size": config.chunk_size is not None,
             "num_blocks": config.num_blocks is not None, "max_batch_tokens": config.max_batch_tokens is not None,
-            "prefix_cache": config.prefix_cache,
+            "prefix_cache": config.prefix_cache, "abort_at": any(r.abort_at is not None for r in requests), "n": any(r.n > 1 for r in requests),
         }
-        honoured = {"continuous": {"arrival", "num_blocks", "max_batch_tokens", "prefix_cache"}, "speculative": set()}.get(path, {"chunk_size"})
+        honoured = {"continuous": {"arrival", "num_blocks", "max_batch_tokens", "prefix_cache", "abort_at", "n"}, "speculative": set()}.get(path, {"chunk_size"})
         return tuple(field for field, used in asked.items() if used and field not in honoured)
 
     # ---- the paths ----------------------------------------------------------------------------
@@ -193,14 +206,36 @@ class HFTarget:
 
         return GenerationConfig(**{"do_sample": False, "eos_token_id": None, "pad_token_id": PAD, **fields})
 
+    @staticmethod
+    def _length_fields(stop: tuple[int, ...], new: int) -> dict:
+        """Greedy to ``new`` tokens, or to the first of ``stop`` (transformers' EOS; min_new_tokens
+        would mask the EOS tokens, so it is set only without them)."""
+        return {"max_new_tokens": new, "eos_token_id": list(stop)} if stop else {"max_new_tokens": new, "min_new_tokens": new}
+
+    def _batched(self, live: list[Request], config: EngineConfig) -> dict[int, list[Completion]]:
+        """The batched path: a request's n continuations are n rows; rows sharing a stop set go in
+        left-padded batches of max_num_seqs rows (``generate`` takes one EOS set per call)."""
+        groups: dict[tuple[int, ...], list[Request]] = {}
+        for r in live:
+            groups.setdefault(r.stop, []).extend([r] * r.n)
+        done: dict[int, list[Completion]] = {r.rid: [] for r in live}
+        for rows in groups.values():
+            for start in range(0, len(rows), config.max_num_seqs):
+                chunk = rows[start : start + config.max_num_seqs]
+                for r, completion in zip(chunk, self._padded_batch(chunk, config)):
+                    done[r.rid].append(completion)
+        return done
+
     @torch.no_grad()
-    def _padded_batch(self, requests: list[Request], config: EngineConfig, static: bool = False) -> dict[int, Completion]:
-        """One left-padded ``generate`` over ``requests`` (the single path when there is one),
-        with a DynamicCache, or a StaticCache sized to the sequence when ``static``."""
+    def _padded_batch(self, requests: list[Request], config: EngineConfig, static: bool = False) -> list[Completion]:
+        """One left-padded ``generate`` over ``requests`` (one stop set; the single path when there
+        is one), with a DynamicCache, or a StaticCache sized to the sequence when ``static``."""
         from transformers import StaticCache
 
         if not requests:
-            return {}
+            return []
+        stop = requests[0].stop
+        assert all(r.stop == stop for r in requests), "one generate call takes one EOS set"
         self._fresh_rotary()
         width = max(len(r.prompt) for r in requests)
         ids = torch.tensor([[PAD] * (width - len(r.prompt)) + list(r.prompt) for r in requests], device=self.device)  # (B, T)
@@ -208,14 +243,15 @@ class HFTarget:
         new = max(r.max_new_tokens for r in requests)
         cache = StaticCache(config=self.model.config, max_cache_len=width + new) if static else self.cache_class(config=self.model.config)
         generation = self._generation_config(
-            max_new_tokens=new, min_new_tokens=new, prefill_chunk_size=config.chunk_size, output_logits=True, return_dict_in_generate=True,
+            **self._length_fields(stop, new), prefill_chunk_size=config.chunk_size, output_logits=True, return_dict_in_generate=True,
         )
         out = self.model.generate(ids, attention_mask=mask, past_key_values=cache, generation_config=generation)
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, new, V)
-        return {
-            r.rid: Completion(r.rid, out.sequences[i, width : width + r.max_new_tokens].tolist(), logits[i, : r.max_new_tokens])
-            for i, r in enumerate(requests)
-        }
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # (B, steps, V)
+        completions = []
+        for i, r in enumerate(requests):
+            tokens = stopped_row(out.sequences[i, width:].tolist(), r)
+            completions.append(Completion(r.rid, tokens, logits[i, : len(tokens)]))
+        return completions
 
     @torch.no_grad()
     def _assisted(self, request: Request, config: EngineConfig) -> Completion:
@@ -233,7 +269,7 @@ class HFTarget:
         self._fresh_rotary()
         ids = torch.tensor([list(request.prompt)], device=self.device)
         generation = self._generation_config(
-            max_new_tokens=request.max_new_tokens, min_new_tokens=request.max_new_tokens, output_logits=True, return_dict_in_generate=True, **draft_fields,
+            **self._length_fields(request.stop, request.max_new_tokens), output_logits=True, return_dict_in_generate=True, **draft_fields,
         )
         with counter:
             out = self.model.generate(
@@ -261,16 +297,17 @@ class HFTarget:
             self._draft = draft_model(self.arch, dtype=self.dtype, device=self.device)
         return self._draft
 
-    def _continuous(self, requests: Sequence[Request], config: EngineConfig) -> dict[int, Completion]:
-        """The continuous-batching engine, stepped; each request added at its arrival step."""
+    def _continuous(self, requests: Sequence[Request], config: EngineConfig) -> dict[int, list[Completion]]:
+        """The continuous-batching engine, stepped; each request added at its arrival step and
+        cancelled at its abort step; a request's n continuations are the request and its forks."""
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         if config.block_size < MIN_PAGE_SIZE:
             raise ValueError(f"EngineConfig.block_size={config.block_size}: transformers' continuous batching needs page_size >= {MIN_PAGE_SIZE}")
-        total = sum(len(r.prompt) + r.max_new_tokens for r in requests)
+        total = sum(r.n * (len(r.prompt) + r.max_new_tokens) for r in requests)  # every fork holds the whole sequence at worst
         cb_config = ContinuousBatchingConfig(
             page_size=config.block_size,
-            num_blocks=config.num_blocks if config.num_blocks is not None else len(requests) + -(-total // config.block_size),
+            num_blocks=config.num_blocks if config.num_blocks is not None else sum(r.n for r in requests) + -(-total // config.block_size),
             max_batch_tokens=config.max_batch_tokens if config.max_batch_tokens is not None else total,
             max_requests_per_batch=config.max_num_seqs,
             allow_block_sharing=config.prefix_cache,
@@ -279,15 +316,37 @@ class HFTarget:
         )
         max_steps = 4 * total + max((r.arrival for r in requests), default=0) + 16
         self._fresh_rotary()
-        run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps)
+        run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps, self.engine_hook)
         self.last_stats = {"steps": run.steps, "preemptions": sum(r.preemptions for r in run.results.values())}
+        self.last_pool = run.pool
         completions = {}
         for r in requests:
             if r.max_new_tokens > 0:
-                result = run.results[r.rid]
-                stats = {"cached_prefix_tokens": result.cached_prefix_tokens, "preemptions": result.preemptions}
-                completions[r.rid] = Completion(r.rid, result.tokens, result.logits(), stats)
+                completions[r.rid] = []
+                for k in range(r.n):
+                    result = run.results[(r.rid, k)]
+                    stats = {"cached_prefix_tokens": result.cached_prefix_tokens, "preemptions": result.preemptions}
+                    if result.abort_phase:
+                        stats["abort_phase"] = result.abort_phase
+                    completions[r.rid].append(Completion(r.rid, result.tokens, result.logits(), stats))
         return completions
+
+
+def with_forks(continuations: list[Completion]) -> Completion:
+    """A request's Completion: its first continuation, the others in ``forks``."""
+    first, *forks = continuations
+    first.forks = forks
+    return first
+
+
+def stopped_row(row: list[int], request: Request) -> list[int]:
+    """A batch row's tokens for ``request``: up to max_new_tokens, ended at its first stop token
+    when transformers padded everything after it (its unfinished-sequence flag flipped there);
+    otherwise uncut, so the contract check reports a row that went on past its stop token."""
+    cut = next((i + 1 for i, t in enumerate(row[: request.max_new_tokens]) if t in request.stop), None)
+    if cut is not None and all(t == PAD for t in row[cut:]):
+        return row[:cut]
+    return row[: request.max_new_tokens]
 
 
 class _DraftCounter:
