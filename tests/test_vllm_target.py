@@ -1,7 +1,9 @@
 """vLLM as a target (vllm:<arch>): vLLM's engine agrees with the oracle on a fixed trace that
-reaches every mapped path, refuses what it cannot run by naming the field, reuses engines without
-carrying state between calls, a bounded fuzz run finds nothing but the triaged upstream bug, and a
-bug planted in vLLM's own prefix-cache hashing is caught and shrunk.
+reaches every mapped path, and on one with each of the request lifecycle's paths (stop token,
+abort before / during / after prefill, n continuations, the leak check); it refuses what it cannot
+run by naming the field, reuses engines without carrying state between calls, a bounded fuzz run
+(lifecycle drawn) finds nothing but the triaged upstream bug, and bugs planted in vLLM's own
+prefix-cache hashing, abort path and stop handling are caught.
 
 These run in the vLLM environment (.venv-vllm, the README's test command, second part): vLLM pins
 transformers below the hf extra's version."""
@@ -10,12 +12,16 @@ from __future__ import annotations
 
 
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 from fuzzcache import EngineConfig, Request
+from fuzzcache.contract import LIFECYCLE
+from fuzzcache.findings import Finding
 from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties import PROPERTIES
+from fuzzcache.properties.engine_level import check_trace
 from fuzzcache.runner import run_property
+from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import resolve_target
 
 from bounded import assert_only_triaged_findings
@@ -27,6 +33,8 @@ BOUNDED = settings(max_examples=25, deadline=None, database=None, derandomize=Tr
 # the planted bug needs two requests of 2+ blocks sharing a later block after different first ones:
 # found after 88-124 examples with three random seeds (the derandomized seed follows the runner's code)
 FIND = settings(max_examples=500, deadline=None, database=None, derandomize=True)
+# the planted abort leak: the first failing example is enough (found after 12 examples; shrinking it costs 30 s)
+FIND_UNSHRUNK = settings(max_examples=100, deadline=None, database=None, derandomize=True, phases=[Phase.generate])
 SHARED = tuple(range(1, 40))  # more than one block of 32
 TRACE = (
     Request(0, SHARED + (7, 7), 6),
@@ -35,6 +43,20 @@ TRACE = (
     Request(3, (5,), 0),
 )
 GROWING = (Request(0, tuple(range(1, 31)), 8), Request(1, tuple(range(2, 32)), 8))  # each outgrows its first block
+
+
+def lifecycle_trace(target) -> tuple[Request, ...]:
+    """One request per lifecycle path: an early stop (a token of the oracle's own continuation),
+    aborts at step 0 (before prefill), 2 (a 40-token prompt in chunks of 8: during prefill) and 3
+    (a 5-token prompt: after prefill, 3 tokens out), and n = 3."""
+    continuation = greedy_continuation(target.reference_logits, SHARED + (7, 7), 6)[0]
+    return (
+        Request(0, SHARED + (7, 7), 6, stop=(continuation[2],)),
+        Request(1, SHARED + (9,), 5, abort_at=0),
+        Request(2, SHARED + (11,), 5, abort_at=2),
+        Request(3, (3, 1, 4, 1, 5), 6, abort_at=3),
+        Request(4, SHARED, 5, n=3),
+    )
 
 
 _TARGETS: dict[str, object] = {}  # one per architecture for the whole run: a collected vllm.LLM
@@ -81,6 +103,26 @@ def test_every_mapped_path_equals_the_oracle(vllm_target, config, trace):
         assert all(0 <= s.get("draft_accepted", 0) <= s.get("draft_proposed", 0) for s in stats)
 
 
+@pytest.mark.parametrize("config,phases", [
+    (EngineConfig(block_size=32, chunk_size=8, prefix_cache=True), (1, 2, 3)),  # vLLM's n (top_k=1 children)
+    (EngineConfig(block_size=32, num_blocks=3), (1, 1, 3)),  # 3 blocks: the 40-token prompt still waits at step 2, forks take turns
+    (EngineConfig(block_size=32, spec_k=3, draft="prompt_lookup"), (1, 3, 3)),  # n fanned out by the target
+], ids=["chunked+prefix", "pool", "speculative"])
+def test_the_request_lifecycle_maps_onto_vllm(vllm_llama, config, phases):
+    trace = lifecycle_trace(vllm_llama)
+    out = check_trace(vllm_llama, TraceScenario(trace, config))  # engine.trace's check: shapes, leak check, oracle
+    greedy = lambda r: greedy_continuation(vllm_llama.reference_logits, r.prompt, r.max_new_tokens)[0]
+    stopped = greedy(trace[0])[: trace[0].expected_length(greedy(trace[0]))]
+    assert out[0].tokens == stopped and len(stopped) < 6 and stopped[-1] in trace[0].stop  # the stop token included
+    assert tuple(c.stats.get("abort_phase") for c in out[1:4]) == phases
+    assert out[1].tokens == [] and out[3].tokens and out[3].tokens == greedy(trace[3])[: len(out[3].tokens)]  # a prefix
+    assert len(out[4].forks) == 2 and all(c.tokens == greedy(trace[4]) for c in [out[4], *out[4].forks])
+    pool = vllm_llama.last_pool
+    assert pool.leaked == 0 and pool.total == (config.num_blocks or pool.total)
+    if config.prefix_cache:
+        assert pool.cached > 0  # evictable prefix blocks are counted as cached, not leaked
+
+
 def test_engines_are_reused_and_start_each_call_empty(vllm_target):
     config = EngineConfig(block_size=32, prefix_cache=True)
     first = vllm_target.generate(TRACE[:1], config)
@@ -112,7 +154,9 @@ def test_bounded_run_on_vllm_llama(property_id, vllm_llama, tmp_path):
 
 def test_a_bug_planted_in_vllms_prefix_cache_is_caught_and_shrunk(tmp_path):
     spec = "fuzzcache.targets.vllm.planted:prefix_hash_not_chained"
-    run = run_property(PROPERTIES["engine.same.prefix_cache"], resolve_target(spec), spec, FIND, tmp_path)
+    target = resolve_target(spec)
+    target.features = target.features - LIFECYCLE  # not this bug's path: the search and the shrink stay as short as before
+    run = run_property(PROPERTIES["engine.same.prefix_cache"], target, spec, FIND, tmp_path)
     assert len(run.found) == 1 and run.found[0].kind == "mismatch", run.found
     found = run.found[0]
     print(f"prefix_hash_not_chained: found after {run.examples_to_find} examples; repro {found.scenario.short()}")
@@ -121,3 +165,28 @@ def test_a_bug_planted_in_vllms_prefix_cache_is_caught_and_shrunk(tmp_path):
     requests = found.scenario.requests
     assert found.scenario.config.prefix_cache and len(requests) == 2 and found.scenario.config.block_size == 32, found.scenario.short()
     PROPERTIES["engine.same.prefix_cache"].check(resolve_target("vllm:llama"), found.scenario)  # vLLM as shipped passes it
+
+
+def test_a_leak_planted_in_vllms_abort_path_is_caught(vllm_llama, tmp_path):
+    spec = "fuzzcache.targets.vllm.planted:abort_keeps_blocks"
+    planted = resolve_target(spec)
+    aborted = TraceScenario((Request(0, (1, 2), 4, abort_at=1),), EngineConfig(block_size=32))  # 1 block held after prefill
+    with pytest.raises(Finding) as leak:
+        check_trace(planted, aborted)
+    assert leak.value.kind == "leak" and planted.last_pool.leaked == 1, leak.value
+    check_trace(vllm_llama, aborted)  # vLLM as shipped frees it
+    run = run_property(PROPERTIES["engine.trace"], planted, spec, FIND_UNSHRUNK, tmp_path)
+    assert len(run.found) == 1 and run.found[0].kind == "leak", run.found
+    print(f"abort_keeps_blocks: found after {run.examples_to_find} examples: {run.found[0].scenario.short()}")
+
+
+def test_a_stop_bug_planted_in_vllms_scheduler_is_caught(vllm_llama):
+    # the model continues (35, 29) with 35 29 35 29: after 35, the n-gram drafter proposes the
+    # prompt's 29, accepted; the step that emits the stop token 29 also emits the bonus token
+    trace = (Request(0, (35, 29), 6, stop=(29,)),)
+    assert greedy_continuation(vllm_llama.reference_logits, (35, 29), 4)[0] == [35, 29, 35, 29]
+    scenario = TraceScenario(trace, EngineConfig(block_size=32, spec_k=3, draft="prompt_lookup"))
+    with pytest.raises(Finding) as past:
+        check_trace(resolve_target("fuzzcache.targets.vllm.planted:stop_not_trimmed"), scenario)
+    assert past.value.kind == "contract" and past.value.details.get("what") == "past stop", past.value
+    assert check_trace(vllm_llama, scenario)[0].tokens == [35, 29]  # vLLM as shipped trims the step at the stop token

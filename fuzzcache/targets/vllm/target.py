@@ -21,6 +21,32 @@ requests, arrivals      ``LLMEngine.add_request`` before the engine step numbere
                         ``prompt_lookup`` exists (the contract's bigram/trigram are refused)
 ======================  ===========================================================================
 
+======================  ===========================================================================
+Request                 vLLM
+======================  ===========================================================================
+``stop``                ``SamplingParams.stop_token_ids`` (``min_tokens`` 0, ``ignore_eos``): the
+                        scheduler's ``check_stop`` ends the request at the first one and trims a
+                        spec-decode step's tokens after it; the stop token stays in ``token_ids``
+                        (``include_stop_str_in_output`` is about text only)
+``abort_at``            ``LLMEngine.abort_request`` (vLLM's client abort: output processor, then
+                        ``Scheduler.finish_requests(FINISHED_ABORTED)``) before the engine step
+                        numbered ``abort_at``; the tokens are the last output before it, the
+                        phase read from vLLM's ``Request`` (``num_output_tokens`` > 0: after
+                        prefill; else ``num_computed_tokens`` > 0: during; else before)
+``n`` > 1               ``SamplingParams.n``: vLLM fans the request out into n child requests
+                        (``ParentRequest``, ids ``{i}_{id}``) that share prompt blocks through
+                        the prefix cache when it is on. vLLM refuses n > 1 at temperature 0, so
+                        they sample at temperature 1 with ``top_k`` = 1 (the argmax; raw
+                        log-probs). With ``spec_k`` > 0 the target fans out n greedy requests
+                        itself (vLLM's CPU rejection sampler crashes on non-greedy requests,
+                        corpus/vllm-spec-sampling-cpu.md). An abort aborts every child
+======================  ===========================================================================
+
+``last_pool``: vLLM's block pool once every request ended (before the engine is drained):
+total = ``num_gpu_blocks`` - 1 (the null block is never free nor leaked), free = the free
+block queue (vLLM's ``get_num_free_blocks``) less its cached blocks (a block hash: evictable
+prefix-cache blocks, which vLLM keeps in the free queue), cached = those.
+
 Not expressible: ``interleave`` (vLLM always runs decode rows and prefill chunks in one step);
 ``max_new_tokens=0`` (vLLM generates at least one token: such requests get no tokens without a
 call). ``Completion.logits`` are vLLM's full-vocab log-probs (``logprobs`` = vocab size, raw
@@ -36,7 +62,7 @@ from typing import Sequence
 import torch
 
 from fuzzcache.compare import Tolerance
-from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
+from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, validate_requests
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
 from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
@@ -46,7 +72,7 @@ MAX_SEQ_LEN = 256
 BLOCK_SIZES = (32, 64)
 MAX_REQUESTS = 4  # strategies.engine draws at most this many
 MAX_SPEC_K = 4  # and at most this many drafts per step
-FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption"})
+FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"})
 # Measured (README, "vLLM"): log-probs within 1.2e-4 of the oracle's over 744 drawn requests (llama), 8.3e-5 (qwen2).
 TOLERANCE = Tolerance(tie=1e-3, logits=1e-3)
 
@@ -80,6 +106,7 @@ class VLLMTarget:
         self._call_ids = itertools.count()
         self.last_stats: dict[str, int] = {}
         self.last_ignored: tuple[str, ...] = ()
+        self.last_pool: PoolAccount | None = None
 
     def warm_up(self) -> None:
         """Build every engine a config can ask for (``fuzzcache bench`` times this apart)."""
@@ -94,18 +121,25 @@ class VLLMTarget:
         return torch.log_softmax(logits, dim=-1)
 
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
+        self.last_pool = None  # set by a call that ran vLLM to the end
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
         if config.block_size not in BLOCK_SIZES:
             raise ValueError(f"EngineConfig.block_size={config.block_size}: vLLM's CPU attention runs blocks of {', '.join(map(str, BLOCK_SIZES))} here")
         if config.spec_k and config.draft not in self.drafts:
             raise ValueError(f"EngineConfig.draft={config.draft!r}: vLLM drafts by n-gram prompt lookup only ('prompt_lookup')")
         self.last_ignored = ()
-        done = {r.rid: Completion(r.rid, [], torch.zeros(0, self.vocab_size)) for r in requests if r.max_new_tokens == 0}
+        done = {r.rid: self._empty(r) for r in requests if r.max_new_tokens == 0}  # finished before any abort
         live = [r for r in requests if r.max_new_tokens > 0]
         if live:
             with engine_environment():
                 done |= self._run(live, config)
         return [done[r.rid] for r in requests]
+
+    def _empty(self, request: Request) -> Completion:
+        new = lambda: Completion(request.rid, [], torch.zeros(0, self.vocab_size))
+        first = new()
+        first.forks = [new() for _ in range(request.n - 1)]
+        return first
 
     def _run(self, requests: list[Request], config: EngineConfig) -> dict[int, Completion]:
         shape = EngineShape(config.block_size, config.spec_k)
@@ -117,46 +151,123 @@ class VLLMTarget:
             self.engines.retire(shape)  # an error in vLLM's code (a finding): the next call gets a new engine
             raise
 
-    def _stepped(self, llm, requests: list[Request], config: EngineConfig, scheduler_config) -> dict[int, Completion]:
-        """Each request added at its arrival step; the engine stepped until all finished."""
+    def sampling_params(self, request: Request, n: int = 1):
+        """Greedy (temperature 0, ``ignore_eos``, ``min_tokens`` 0), token ids in and out,
+        full-vocab log-probs, ``stop`` as stop_token_ids. vLLM refuses n > 1 at temperature 0
+        (``SamplingParams._verify_greedy_sampling``, re-run by the input processor's clone), so
+        ``n`` > 1 samples at temperature 1 with top_k 1: the argmax (a random choice only between
+        exactly tied tokens, which the tie-aware comparison accepts); log-probs stay raw
+        (``logprobs_mode`` raw_logprobs), as for greedy requests."""
         from vllm import SamplingParams
+
+        fields = {"max_tokens": request.max_new_tokens, "logprobs": self.vocab_size, "ignore_eos": True, "detokenize": False,
+                  "stop_token_ids": list(request.stop), "min_tokens": 0}
+        if n == 1:
+            return SamplingParams(temperature=0.0, **fields)
+        return SamplingParams(n=n, temperature=1.0, top_k=1, **fields)
+
+    def _add(self, engine, scheduler, request: Request, external_id: str, spec_k: int) -> list[tuple[str, int, object]]:
+        """Add ``request`` to vLLM; returns (external id, first continuation index, vLLM's Request of
+        each continuation it covers). n > 1 is vLLM's ``n`` (``LLMEngine.add_request`` fans it out
+        through ``ParentRequest`` into children ``{i}_{id}``, outputs come back per child as
+        ``CompletionOutput.index``), except with speculative decoding: vLLM's CPU rejection sampler
+        cannot run a non-greedy request (corpus/vllm-spec-sampling-cpu.md), so there the target
+        fans out itself, as ParentRequest does: n greedy requests with the prompt, added together."""
         from vllm.inputs import TokensPrompt
 
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt))
+        if request.n == 1 or not spec_k:
+            internal_id = engine.add_request(external_id, prompt, self.sampling_params(request, request.n))
+            names = [internal_id] if request.n == 1 else [f"{i}_{internal_id}" for i in range(request.n)]  # parallel_sampling.py
+            return [(external_id, 0, [scheduler.requests[name] for name in names])]
+        added = []
+        for i in range(request.n):
+            internal_id = engine.add_request(f"{external_id}/{i}", prompt, self.sampling_params(request))
+            added.append((f"{external_id}/{i}", i, [scheduler.requests[internal_id]]))
+        return added
+
+    def _stepped(self, llm, requests: list[Request], config: EngineConfig, scheduler_config) -> dict[int, Completion]:
+        """Each request added at its arrival step and aborted at the start of its ``abort_at``
+        step; the engine stepped until all ended."""
         scheduler = install_scheduler(llm, config, scheduler_config, self.engines.max_blocks(config.block_size))
         drafts = DraftCounter(scheduler)
         engine = llm.llm_engine
         call = next(self._call_ids)
-        ids = {r.rid: f"{call}-{r.rid}" for r in requests}  # ours; vLLM's internal ids are in ``scheduled``
         pending = sorted(requests, key=lambda r: r.arrival)
-        scheduled: dict[int, object] = {}  # rid -> vLLM's Request (its preemption count)
-        finished: dict[str, object] = {}
-        max_steps = 4 * sum(len(r.prompt) + r.max_new_tokens for r in requests) + max(r.arrival for r in requests) + 64
+        aborting = sorted((r for r in requests if r.abort_at is not None), key=lambda r: r.abort_at)
+        slot: dict[str, tuple[int, int]] = {}  # our external id -> (rid, index of its first continuation)
+        external: dict[int, list[str]] = {}  # rid -> its external ids (one, or n where the target fans out)
+        children: dict[int, list] = {}  # rid -> vLLM's Request of each continuation (preemptions, drafts, phase)
+        latest: dict[tuple[int, int], tuple[object, int]] = {}  # (rid, index) -> last CompletionOutput (cumulative), cached tokens
+        phases: dict[tuple[int, int], int] = {}
+        max_steps = 4 * sum(len(r.prompt) + r.n * r.max_new_tokens for r in requests) + max(r.arrival for r in requests) + 64
         step = 0
         while pending or engine.has_unfinished_requests():
             while pending and pending[0].arrival <= step:
                 r = pending.pop(0)
-                params = SamplingParams(temperature=0.0, max_tokens=r.max_new_tokens, logprobs=self.vocab_size, ignore_eos=True, detokenize=False)
-                internal_id = engine.add_request(ids[r.rid], TokensPrompt(prompt_token_ids=list(r.prompt)), params)
-                scheduled[r.rid] = scheduler.requests[internal_id]
-            finished |= {out.request_id: out for out in engine.step() if out.finished}
+                for external_id, first, reqs in self._add(engine, scheduler, r, f"{call}-{r.rid}", config.spec_k):
+                    slot[external_id] = (r.rid, first)
+                    external.setdefault(r.rid, []).append(external_id)
+                    children.setdefault(r.rid, []).extend(reqs)
+            while aborting and aborting[0].abort_at <= step:
+                r = aborting.pop(0)
+                self.abort(engine, r, external[r.rid], children[r.rid], phases)
+            if not pending and not engine.has_unfinished_requests():
+                break  # the last live requests were just aborted
+            for out in engine.step():
+                rid, first = slot[out.request_id]
+                for sample in out.outputs:
+                    latest[(rid, first + sample.index)] = (sample, out.num_cached_tokens or 0)
             step += 1
             if step > max_steps:
-                engine.abort_request(list(ids.values()))
-                raise TimeoutError(f"vLLM did not finish {len(requests) - len(finished)} of {len(requests)} requests in {max_steps} steps")
-        while scheduler.has_requests():  # tell the model runner about the last finished requests
+                engine.abort_request(list(slot))
+                raise TimeoutError(f"vLLM did not finish {sum(not c.is_finished() for cs in children.values() for c in cs)} of "
+                                   f"{sum(r.n for r in requests)} continuations in {max_steps} steps")
+        self.last_pool = pool_account(scheduler)  # every request ended, as its client sees it
+        for _ in range(max_steps):  # tell the model runner about the last finished requests
+            if not scheduler.has_requests():
+                break
             engine.step()
-        preemptions = {rid: req.num_preemptions for rid, req in scheduled.items()}
+        preemptions = {(rid, i): c.num_preemptions for rid, cs in children.items() for i, c in enumerate(cs)}
         self.last_stats = {"steps": step, "preemptions": sum(preemptions.values())}
-        return {r.rid: self._completion(r, finished[ids[r.rid]], preemptions[r.rid], drafts.of(scheduled[r.rid].request_id)) for r in requests}
+        done = {}
+        for r in requests:
+            first, *forks = [
+                self._completion(r, latest.get((r.rid, i)), preemptions[(r.rid, i)], drafts.of(c.request_id), phases.get((r.rid, i)))
+                for i, c in enumerate(children[r.rid])
+            ]
+            first.forks = forks
+            done[r.rid] = first
+        return done
 
-    def _completion(self, request: Request, output, preemptions: int, drafts: tuple[int, int]) -> Completion:
-        sample = output.outputs[0]
-        logits = torch.tensor([[row[v].logprob for v in range(self.vocab_size)] for row in sample.logprobs])  # (new, V)
-        stats = {
-            "cached_prefix_tokens": output.num_cached_tokens or 0, "preemptions": preemptions,
-            "draft_proposed": drafts[0], "draft_accepted": drafts[1],
-        }
-        return Completion(request.rid, list(sample.token_ids), logits, stats)
+    @staticmethod
+    def abort(engine, request: Request, external_ids: list[str], children: list, phases: dict) -> None:
+        """vLLM's client abort (``LLMEngine.abort_request``: the output processor drops the
+        request, all children of an n > 1 request included, and the engine core's
+        ``Scheduler.finish_requests`` frees them); each continuation still live gets its phase
+        from vLLM's Request."""
+        for i, child in enumerate(children):
+            if not child.is_finished():
+                phases[(request.rid, i)] = 3 if child.num_output_tokens else 2 if child.num_computed_tokens else 1
+        engine.abort_request(external_ids)
+
+    def _completion(self, request: Request, output, preemptions: int, drafts: tuple[int, int], abort_phase: int | None) -> Completion:
+        sample, cached = output if output is not None else (None, 0)  # None: aborted before its first token
+        rows = sample.logprobs if sample is not None else []
+        logits = torch.tensor([[row[v].logprob for v in range(self.vocab_size)] for row in rows]).reshape(len(rows), self.vocab_size)  # (new, V)
+        stats = {"cached_prefix_tokens": cached, "preemptions": preemptions, "draft_proposed": drafts[0], "draft_accepted": drafts[1]}
+        if abort_phase:
+            stats["abort_phase"] = abort_phase
+        return Completion(request.rid, list(sample.token_ids) if sample is not None else [], logits, stats)
+
+
+def pool_account(scheduler) -> PoolAccount:
+    """vLLM's block pool in the contract's terms: the null block (block 0, taken out of the free
+    queue for good when the pool is built) is not counted; evictable prefix-cache blocks sit in
+    vLLM's free queue with their hash and are counted as cached, not free."""
+    pool = scheduler.kv_cache_manager.block_pool
+    cached = sum(block.block_hash is not None for block in pool.free_block_queue.get_all_free_blocks())
+    return PoolAccount(total=pool.num_gpu_blocks - 1, free=pool.get_num_free_blocks() - cached, cached=cached)
 
 
 class DraftCounter:
