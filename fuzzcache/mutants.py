@@ -217,17 +217,21 @@ class NeverHitPrefixCache(PrefixCache):
 
 # Request 0 = [0] commits block (0); request 1 = [0, 0, x] computed after it: its second block
 # (0) after parent (0) must miss, but an unchained (or weak) hash hits request 0's first block.
+# Or one request of two continuations run one at a time: the second recomputes [0, 0] and hits the
+# first's block (0) for its second block.
 PREFIX_COLLISION = tuple(
-    f"{prop}: [prompt=1 new=1] [prompt=3 new=1{arrival}] block_size=1{budget} prefix_cache=True"
-    for prop in ("engine.trace", "engine.same.prefix_cache")
-    for arrival, budget in ((" at=1", ""), ("", " max_batch_tokens=1"))
+    f"{prop}: {trace}" for prop in ("engine.trace", "engine.same.prefix_cache")
+    for trace in (*(f"[prompt=1 new=1] [prompt=3 new=1{arrival}] block_size=1{budget} prefix_cache=True"
+                    for arrival, budget in ((" at=1", ""), ("", " max_batch_tokens=1"))),
+                  "[prompt=2 new=2 n=2] block_size=1 max_num_seqs=1 prefix_cache=True")
 )
 mutant("prefix_hash_not_chained", "prefix_cache", "block hash ignores the parent block: equal blocks after different prefixes collide",
        *PREFIX_COLLISION, ops={"prefix_cache_class": UnchainedPrefixCache})
 mutant("prefix_weak_hash_no_token_check", "prefix_cache", "a weak block hash ((parent * 31 + token sum) mod 64) trusted without the token check",
        *PREFIX_COLLISION, ops={"prefix_cache_class": WeakHashPrefixCache})
 mutant("prefix_same_step_reads_unwritten", "prefix_cache", "a request admitted in the same step as another with a shared prefix reads its blocks before they are written",
-       "engine.trace: [prompt=1 new=1] [prompt=2 new=1] block_size=1 prefix_cache=True", scheduler=EarlyCommitScheduler)
+       *(f"{prop}: [prompt=1 new=1] [prompt=2 new=1] block_size=1 prefix_cache=True" for prop in ("engine.trace", "engine.same.prefix_cache")),
+       scheduler=EarlyCommitScheduler)
 mutant("prefix_never_hits", "prefix_cache", "the prefix cache never hits (outputs stay right; only the hit count shows it)",
        "prefix.hit: prompts=[1, 2] block=1 new=1", ops={"prefix_cache_class": NeverHitPrefixCache})
 
@@ -477,20 +481,93 @@ class PreemptForkFreesSharedScheduler(Scheduler):
         super().preempt(seq)
 
 
+# Minimal triggers below: exhaustive search over all-zero prompts (stop tokens from their greedy
+# continuation), one or two requests, arrivals 0-2, block sizes 1, 2, 3 and 16, chunk size none or 1,
+# token budget none or 1, prefix cache off / on, pool unbounded or at its minimum (+0-2), keeping the
+# failing traces of the fewest tokens that no reduction of fuzzcache.reductions makes smaller.
 mutant("abort_leaks_blocks", "lifecycle", "an aborted request's blocks never go back to the pool",
-       "engine.trace: [prompt=1 new=2 abort=1]", scheduler=AbortLeaksScheduler)
+       # aborted once it holds a block: after its one-token prompt, or after the first of two prompt tokens
+       "engine.trace: [prompt=1 new=2 abort=1]", "engine.trace: [prompt=2 new=1 abort=1] chunk_size=1",
+       "engine.trace: [prompt=2 new=1 abort=1] max_batch_tokens=1", scheduler=AbortLeaksScheduler)
+# 8 tokens, every one of these 1-minimal (block size 1, prefix cache on): one request commits its first block,
+# the other shares it and still holds it when the first is aborted (at step 2 or later, so the first lives
+# three steps: 4 tokens, chunked or not); the sharer's release is then a double free (a crash)
+ABORT_SHARED_TRACES = (
+    "[prompt=1 new=3 abort=2] [prompt=2 new=2 at=1] block_size=1 prefix_cache=True",
+    "[prompt=1 new=3 abort=2] [prompt=3 new=1 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=1 new=3 abort=3 at=1] [prompt=2 new=2 at=2] block_size=1 prefix_cache=True",
+    "[prompt=1 new=3 abort=3 at=1] [prompt=3 new=1 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=1 new=3 at=1] [prompt=2 new=2 abort=3 at=2] block_size=1 prefix_cache=True",
+    "[prompt=1 new=3 at=1] [prompt=3 new=1 abort=3 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=1 new=3] [prompt=2 new=2 abort=2 at=1] block_size=1 prefix_cache=True",
+    "[prompt=1 new=3] [prompt=3 new=1 abort=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=2 at=1] [prompt=1 new=3] block_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=2 at=1] [prompt=2 new=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=2 at=1] [prompt=3 new=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=2] [prompt=2 new=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=2] [prompt=3 new=1 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=3 at=1] [prompt=2 new=2 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=3 at=1] [prompt=3 new=1 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=3 at=2] [prompt=1 new=3 at=1] block_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=3 at=2] [prompt=2 new=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 abort=3 at=2] [prompt=3 new=1 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=1] [prompt=1 new=3 abort=2] block_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=1] [prompt=2 new=2 abort=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=1] [prompt=2 new=2 abort=3 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=1] [prompt=3 new=1 abort=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=1] [prompt=3 new=1 abort=3 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=2] [prompt=1 new=3 abort=3 at=1] block_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=2] [prompt=2 new=2 abort=3 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2 at=2] [prompt=3 new=1 abort=3 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2] [prompt=2 new=2 abort=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=2 new=2] [prompt=3 new=1 abort=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=2 at=1] [prompt=1 new=3] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=2 at=1] [prompt=2 new=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=2 at=1] [prompt=3 new=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=2] [prompt=2 new=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=2] [prompt=3 new=1 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=3 at=1] [prompt=2 new=2 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=3 at=1] [prompt=3 new=1 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=3 at=2] [prompt=1 new=3 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=3 at=2] [prompt=2 new=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 abort=3 at=2] [prompt=3 new=1 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=1] [prompt=1 new=3 abort=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=1] [prompt=2 new=2 abort=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=1] [prompt=2 new=2 abort=3 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=1] [prompt=3 new=1 abort=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=1] [prompt=3 new=1 abort=3 at=2] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=2] [prompt=1 new=3 abort=3 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=2] [prompt=2 new=2 abort=3 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1 at=2] [prompt=3 new=1 abort=3 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1] [prompt=2 new=2 abort=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+    "[prompt=3 new=1] [prompt=3 new=1 abort=2 at=1] block_size=1 chunk_size=1 prefix_cache=True",
+)
 mutant("abort_frees_shared_blocks", "lifecycle", "an abort frees blocks another request still holds through the prefix cache",
-       "engine.trace: TBD", scheduler=AbortFreesSharedScheduler)
+       *(f"{prop}: {trace}" for prop in ("engine.trace", "engine.same.prefix_cache") for trace in ABORT_SHARED_TRACES),
+       scheduler=AbortFreesSharedScheduler)
+STOP_UNWRITTEN_TRACES = (  # the first request's stop token (37, its first) commits its unwritten block; the other reads it
+    "[prompt=1 new=1 stop=[37]] [prompt=2 new=1 at=1] block_size=1{pool} prefix_cache=True",
+    "[prompt=1 new=1 stop=[37]] [prompt=2 new=1] block_size=1{pool} max_batch_tokens=1 prefix_cache=True",
+    "[prompt=2 new=1 at=1] [prompt=1 new=1 stop=[37]] block_size=1{pool} prefix_cache=True",
+)
 mutant("stop_retires_before_kv_write", "lifecycle", "a request ending on a stop token retires before its last KV write, its block already in the prefix cache",
-       "engine.trace: TBD", scheduler=StopBeforeWriteScheduler)
+       *(f"{prop}: {trace.format(pool=pool)}" for prop, pool in (("engine.trace", ""), ("engine.same.prefix_cache", ""),
+                                                                  ("engine.same.pool", " num_blocks=3")) for trace in STOP_UNWRITTEN_TRACES),
+       scheduler=StopBeforeWriteScheduler)
 mutant("fork_writes_shared_block", "lifecycle", "a fork writes into the partial block it shares with its siblings: the copy-on-write copy is made, then never used",
-       "engine.trace: TBD", scheduler=CopyNotUsedScheduler)
+       # the first decode after the fork writes into the prompt's partial block: its copy leaks (greedy continuations write
+       # the same values, so the shared write itself is invisible, see the README)
+       "engine.trace: [prompt=1 new=2 n=2]", scheduler=CopyNotUsedScheduler)
 mutant("fork_without_reference", "lifecycle", "a fork shares its parent's blocks without taking a reference to them",
-       "engine.trace: TBD", scheduler=ForkWithoutReferenceScheduler)
+       # the second continuation to finish frees the shared block again: a double free
+       "engine.trace: [prompt=1 new=2 n=2]", scheduler=ForkWithoutReferenceScheduler)
 mutant("stop_one_token_late", "lifecycle", "a request runs one token past its stop token",
-       "engine.trace: TBD", scheduler=StopOneLateScheduler)
+       # 37 is the first greedy token after the prompt (0,) on the reference model
+       "engine.trace: [prompt=1 new=2 stop=[37]]", scheduler=StopOneLateScheduler)
 mutant("preempt_fork_frees_shared", "lifecycle", "preempting one of n continuations frees the blocks its siblings still share",
-       "engine.trace: TBD", scheduler=PreemptForkFreesSharedScheduler)
+       # a one-block pool: the first decode after the fork needs a copy of the shared block, so the other continuation
+       # is preempted, and frees the block the first still holds
+       "engine.trace: [prompt=1 new=2 n=2] num_blocks=1", scheduler=PreemptForkFreesSharedScheduler)
 
 
 # ---- KV-cache surgery on HF models (fuzzcache.surgery) ----------------------------------------

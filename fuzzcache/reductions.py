@@ -226,6 +226,10 @@ def request_trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario
     if pool_cost(s) > 1:
         yield dataclasses.replace(s, config=dataclasses.replace(s.config, num_blocks=min_pool(reqs, s.config)))
     yield from lifecycle_reductions(s)
+    first = min(r.arrival for r in reqs)
+    if first:  # the whole trace a step earlier: nothing happened in its first step
+        yield dataclasses.replace(s, requests=tuple(dataclasses.replace(r, arrival=r.arrival - 1, abort_at=None if r.abort_at is None else r.abort_at - 1)
+                                                    for r in reqs))
     for i, r in enumerate(reqs):
         for a in smaller_ints(r.arrival):
             if r.abort_at is None or a <= r.abort_at:
