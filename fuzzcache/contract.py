@@ -61,6 +61,15 @@ class Completion:
     forks: list[Completion] = field(default_factory=list)  # continuations 2..n of a request with n > 1
 
 
+def with_forks(first: Completion, forks: list[Completion], n: int, vocab_size: int) -> Completion:
+    """A request's Completion: ``first`` with ``forks``, padded to n - 1 with the continuations that
+    never forked (the request was aborted before its first token, or asked for none): empty, and
+    carrying ``first``'s abort phase."""
+    never = {k: v for k, v in first.stats.items() if k == "abort_phase"}
+    first.forks = forks + [Completion(first.rid, [], torch.zeros(0, vocab_size), dict(never)) for _ in range(n - 1 - len(forks))]
+    return first
+
+
 @dataclass(frozen=True)
 class PoolAccount:
     """A target's pool after a trace (``target.last_pool``), in its own unit (blocks, cells).

@@ -182,34 +182,45 @@ def config_variants(c: EngineConfig, target) -> Iterator[EngineConfig]:
 def trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario | Reduced]:
     """``request_trace_reductions``, each whose prompts changed followed by the same with its stop
     tokens moved along (``restopped``)."""
+    stops: dict | None = None  # of ``s``, computed at the first candidate that needs them
     for candidate in request_trace_reductions(s, target):
         yield candidate
         if not isinstance(candidate, Reduced) and any(r.stop for r in candidate.requests):
-            moved = restopped(s, candidate, target)
+            stops = stop_steps(s, target) if stops is None else stops
+            moved = restopped(candidate, stops, target)
             if moved != candidate and moved.size_key() < s.size_key():
                 yield moved
 
 
-def restopped(s: TraceScenario, candidate: TraceScenario, target) -> TraceScenario:
-    """``candidate`` with every stop token that ended a request of ``s`` replaced by the token its
+def stop_steps(s: TraceScenario, target) -> dict[int, tuple[tuple[int, ...], int, int]]:
+    """rid -> (prompt, step, token) for each request of ``s`` its stop token ends: the step of the
+    greedy continuation at which it does, and the token there."""
+    from fuzzcache.oracle import greedy_continuation
+
+    out = {}
+    for r in s.requests:
+        if r.stop:
+            continuation = greedy_continuation(target.reference_logits, r.prompt, r.max_new_tokens)[0]
+            step = next((i for i, t in enumerate(continuation) if t in r.stop), None)
+            if step is not None:
+                out[r.rid] = (r.prompt, step, continuation[step])
+    return out
+
+
+def restopped(candidate: TraceScenario, stops: dict[int, tuple[tuple[int, ...], int, int]], target) -> TraceScenario:
+    """``candidate`` with every stop token that ended a request (``stops``) replaced by the token its
     new prompt's greedy continuation has at the same step: a stop token is a value, so a shorter
     prompt would otherwise stop somewhere else, or not at all."""
     from fuzzcache.oracle import greedy_continuation
 
-    old = {r.rid: r for r in s.requests}
     requests = []
     for r in candidate.requests:
-        was = old.get(r.rid)
-        if was is None or not r.stop or was.prompt == r.prompt:
-            requests.append(r)
-            continue
-        before = greedy_continuation(target.reference_logits, was.prompt, was.max_new_tokens)[0]
-        step = next((i for i, t in enumerate(before) if t in was.stop), None)
-        if step is None or step >= r.max_new_tokens:
+        prompt, step, token = stops.get(r.rid, (r.prompt, 0, None))
+        if prompt == r.prompt or step >= r.max_new_tokens:
             requests.append(r)
             continue
         after = greedy_continuation(target.reference_logits, r.prompt, step + 1)[0][step]
-        requests.append(dataclasses.replace(r, stop=tuple(dict.fromkeys(after if t == before[step] else t for t in r.stop))))
+        requests.append(dataclasses.replace(r, stop=tuple(dict.fromkeys(after if t == token else t for t in r.stop))))
     return dataclasses.replace(candidate, requests=tuple(requests))
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request
+from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, with_forks
 from fuzzcache.engine.batching import Row
 from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
 from fuzzcache.engine.paged import BlockPool, blocks_needed, slot_of
@@ -311,13 +311,8 @@ class Scheduler:
         self.engine_stats["steps"] = self.step
         self.engine_stats["evictions"] = self.allocator.evictions
         self.pool_account = PoolAccount(self.pool.num_blocks, len(self.allocator.free), len(self.allocator.evictable))
-        completions = [self.completion(s) for s in self.sequences]
-        for c, s in zip(completions, self.sequences):
-            c.forks = [self.completion(f) for f in self.forks if f.request is s.request]
-            never = {"abort_phase": s.stats["abort_phase"]} if s.aborted else {}  # aborted before the fork, or max_new_tokens=0
-            c.forks += [Completion(s.request.rid, [], torch.empty(0, self.model.config.vocab_size), dict(never))
-                        for _ in range(s.request.n - 1 - len(c.forks))]
-        return completions
+        return [with_forks(self.completion(s), [self.completion(f) for f in self.forks if f.request is s.request],
+                           s.request.n, self.model.config.vocab_size) for s in self.sequences]
 
     def completion(self, s: Sequence) -> Completion:
         vocab = self.model.config.vocab_size

@@ -49,7 +49,7 @@ from typing import Sequence
 
 import torch
 
-from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
+from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests, with_forks
 from fuzzcache.targets.hf.continuous import stepped_generate
 from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, tiny_model
 
@@ -163,7 +163,7 @@ class HFTarget:
             done |= {r.rid: [self._padded_batch([r], config, static=path == "static")[0] for _ in range(r.n)] for r in live}
         else:
             done |= self._batched(live, config)
-        return [with_forks(done[r.rid]) for r in requests]
+        return [with_forks(done[r.rid][0], done[r.rid][1:], r.n, self.vocab_size) for r in requests]
 
     def divergence_by_design(self, requests: Sequence[Request]) -> str | None:
         """Why any divergence on this trace is expected by design, or None: dynamic RoPE rescales its
@@ -330,13 +330,6 @@ class HFTarget:
                         stats["abort_phase"] = result.abort_phase
                     completions[r.rid].append(Completion(r.rid, result.tokens, result.logits(), stats))
         return completions
-
-
-def with_forks(continuations: list[Completion]) -> Completion:
-    """A request's Completion: its first continuation, the others in ``forks``."""
-    first, *forks = continuations
-    first.forks = forks
-    return first
 
 
 def stopped_row(row: list[int], request: Request) -> list[int]:

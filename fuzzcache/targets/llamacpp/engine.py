@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fuzzcache.contract import Completion, EngineConfig, EngineError, PoolAccount, Request
+from fuzzcache.contract import Completion, EngineConfig, EngineError, PoolAccount, Request, with_forks
 from fuzzcache.engine.drafts import make_draft
 from fuzzcache.targets.llamacpp.library import Context
 
@@ -132,12 +132,8 @@ class Server:
             if step > limit:
                 raise TimeoutError(f"llama.cpp server loop did not finish in {limit} steps")
         self.pool = self._account(seqs + self.forks, idle)
-        completions = [self._completion(s) for s in seqs]
-        for c, s in zip(completions, seqs):
-            c.forks = [self._completion(f) for f in self.forks if f.request is s.request]
-            never = {"abort_phase": s.stats["abort_phase"]} if s.aborted else {}  # aborted before the fork, or max_new_tokens=0
-            c.forks += [Completion(s.request.rid, [], torch.zeros(0, self.vocab_size), dict(never)) for _ in range(s.request.n - 1 - len(c.forks))]
-        return completions
+        return [with_forks(self._completion(s), [self._completion(f) for f in self.forks if f.request is s.request], s.request.n, self.vocab_size)
+                for s in seqs]
 
     def _completion(self, s: Slot) -> Completion:
         return Completion(s.request.rid, s.generated, torch.stack(s.logits) if s.logits else torch.zeros(0, self.vocab_size), s.stats)

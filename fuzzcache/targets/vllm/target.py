@@ -62,7 +62,7 @@ from typing import Sequence
 import torch
 
 from fuzzcache.compare import Tolerance
-from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, validate_requests
+from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, validate_requests, with_forks
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
 from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
@@ -136,10 +136,7 @@ class VLLMTarget:
         return [done[r.rid] for r in requests]
 
     def _empty(self, request: Request) -> Completion:
-        new = lambda: Completion(request.rid, [], torch.zeros(0, self.vocab_size))
-        first = new()
-        first.forks = [new() for _ in range(request.n - 1)]
-        return first
+        return with_forks(Completion(request.rid, [], torch.zeros(0, self.vocab_size)), [], request.n, self.vocab_size)
 
     def _run(self, requests: list[Request], config: EngineConfig) -> dict[int, Completion]:
         shape = EngineShape(config.block_size, config.spec_k)
@@ -236,8 +233,7 @@ class VLLMTarget:
                 self._completion(r, latest.get((r.rid, i)), preemptions[(r.rid, i)], drafts.of(c.request_id), phases.get((r.rid, i)))
                 for i, c in enumerate(children[r.rid])
             ]
-            first.forks = forks
-            done[r.rid] = first
+            done[r.rid] = with_forks(first, forks, r.n, self.vocab_size)
         return done
 
     @staticmethod
