@@ -68,6 +68,11 @@ class CampaignResult:
     def new_findings(self) -> list[Saved]:
         return [s for s in self.findings if s.new]
 
+    @property
+    def untriaged_findings(self) -> list[Saved]:
+        """New findings that no triage or known bug explains: what fails a run."""
+        return [s for s in self.findings if s.untriaged]
+
 
 def parse_budget(text: str) -> float:
     """'90s', '10m', '2h' or plain seconds -> seconds."""
@@ -170,7 +175,16 @@ def print_report(result: CampaignResult, console: Console) -> None:
         console.print(f"[bold red]{kind}[/]: {len(items)}")
         for s in items:
             console.print(f"  {s.property}: {s.message}\n    repro: {short_form(s.scenario)}{minimized_note(s)}\n"
-                          f"    saved: {s.path}{'' if s.new else ' (already in corpus' + (f', triaged: {s.triage}' if s.triage else '') + ')'}", markup=False, highlight=False)
+                          f"    saved: {s.path}{saved_note(s)}", markup=False, highlight=False)
+
+
+def saved_note(saved: Saved) -> str:
+    """Whether a finding was already in the corpus, and what explains it: a triage, known bugs."""
+    bugs = f", known bug: {' + '.join(saved.known_bugs)}" if saved.known_bugs else ""
+    triaged = f"triaged: {saved.triage}{bugs}" if saved.triage else ""
+    if saved.new:
+        return f" (new, {triaged})" if triaged else " (new, untriaged)"
+    return " (already in corpus" + (f", {triaged}" if triaged else "") + ")"
 
 
 def minimized_note(saved: Saved) -> str:
@@ -202,6 +216,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
                 "distinct_failures": len(t.found),
                 "examples_to_first_failure": t.examples_to_first_failure,
                 "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new,
+                              "triage": s.triage, "known_bugs": s.known_bugs,
                               "repro": short_form(s.scenario), "shrunk": short_form(s.shrunk_scenario),
                               "minimized": s.minimized.record() if s.minimized else None} for s in t.found],
             }

@@ -63,7 +63,8 @@ def main() -> None:
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="worker processes, properties spread over them (default: the number of cores)")
 @ISOLATE
 def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers, isolate) -> None:
-    """Fuzz a target until the budget is spent. Exit 1 when a new failure was saved, 2 when a
+    """Fuzz a target until the budget is spent. Exit 1 when a new failure that no triage or known
+    bug explains was saved (fuzzcache.known_bugs), 2 when a
     worker failed."""
     from fuzzcache import guard
     from fuzzcache.campaign import live_display, parse_budget, print_report, run_campaign, write_reports
@@ -110,7 +111,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
         console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)
     json_path, junit_path = write_reports(result, report_dir)
     console.print(f"reports: {json_path} {junit_path}")
-    sys.exit(1 if result.new_findings else 2 if errors else 0)
+    sys.exit(1 if result.untriaged_findings else 2 if errors else 0)
 
 
 def cores() -> int:
@@ -152,7 +153,7 @@ def corpus_cases(paths, target_spec: str | None, isolate: bool | None = None):
 @ISOLATE
 def replay(paths, target_spec, isolate) -> None:
     """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does."""
-    from fuzzcache.runner import replay as replay_case
+    from fuzzcache.runner import claimed_on_replay, replay as replay_case
 
     still, bad, known, files = 0, 0, 0, 0
     for path, case, target in corpus_cases(paths, target_spec, isolate):
@@ -162,7 +163,11 @@ def replay(paths, target_spec, isolate) -> None:
             bad += 1
             continue
         finding = replay_case(case, target)
-        if case.known and finding is not None:
+        claim = claimed_on_replay(case, target, finding) if finding is not None and not case.known else None
+        if claim is not None:
+            known += 1
+            click.echo(f"KNOWN  {path}: {finding} (known bug: {' + '.join(claim.ids)}; not triaged in the file)")
+        elif case.known and finding is not None:
             known += 1
             click.echo(f"KNOWN  {path}: {finding} (triaged: {case.triage['classification']})")
         elif case.known:

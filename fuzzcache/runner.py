@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 from hypothesis import HealthCheck, Phase, Verbosity, example, given, settings as Settings
 
-from fuzzcache import corpus, coverage
+from fuzzcache import corpus, coverage, known_bugs
 from fuzzcache.coverage import reached
 from fuzzcache.database import ReadOnlyOnceStopped
 from fuzzcache.findings import Finding, signature
@@ -52,6 +52,12 @@ class Saved:
     shrunk_scenario: Any = None  # Hypothesis's shrunk scenario, before the minimizer
     minimized: Minimized | None = None  # the minimizer's pass (None: it did not run)
     signatures: frozenset = frozenset()  # of the failure as found, as confirmed and as saved (``findings.signature``)
+    known_bugs: list[str] = field(default_factory=list)  # the known bugs that claimed it (``fuzzcache.known_bugs``)
+
+    @property
+    def untriaged(self) -> bool:
+        """New in the corpus and explained by no triage nor known bug: what fails a run."""
+        return self.new and self.triage is None
 
 
 @dataclass
@@ -247,7 +253,8 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     if existing is not None:
         return _already_saved(prop, existing, scenario, finding, first)
     shrunk, result = scenario, None
-    if reduce:
+    found_by = known_bugs.claim(prop, target, scenario, finding, model=reduce)  # a known bug's shape is not minimized
+    if reduce and found_by is None:
         try:
             scenario, finding, result = minimize_found(prop, target, shrunk, finding)
         except Exception as exc:  # noqa: BLE001 - a bug of the minimizer must not lose the confirmed shrunk form
@@ -255,10 +262,11 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     path, new = (None, True)
     if corpus_dir is not None:
         path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, options,
-                                shrunk_scenario=shrunk if result else None, minimized=result.record() if result else None)
-    triage = None if new or path is None else _classification(path)
+                                shrunk_scenario=shrunk if result else None, minimized=result.record() if result else None,
+                                triage=found_by.triage() if found_by else None)
+    triage = found_by.triage()["classification"] if found_by else None if new or path is None else _classification(path)
     return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result,
-                 frozenset({first, signature(prop.id, finding)}))
+                 frozenset({first, signature(prop.id, finding)}), found_by.ids if found_by else [])
 
 
 def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: tuple) -> Saved:
@@ -269,7 +277,9 @@ def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: 
         case = None  # `fuzzcache replay` names the broken file
     repro = case.scenario if case else shrunk
     triage = (case.triage or {}).get("classification") if case else None
-    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk, signatures=frozenset({first, signature(prop.id, finding)}))
+    bugs = list((case.triage or {}).get("known_bugs", [])) if case else []
+    return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk,
+                 signatures=frozenset({first, signature(prop.id, finding)}), known_bugs=bugs)
 
 
 def _classification(path: Path) -> str | None:
@@ -294,3 +304,10 @@ def replay(case: corpus.Case, target=None, isolate: bool | None = None) -> Findi
     except Unsupported as exc:
         return Finding("contract", f"the target now rejects this config: {exc}")
     return None
+
+
+def claimed_on_replay(case: corpus.Case, target, finding: Finding) -> "known_bugs.Claim | None":
+    """The known bugs of ``target`` that explain a replayed, untriaged case's ``finding``."""
+    from fuzzcache.properties import get
+
+    return known_bugs.claim(get(case.property), target, case.scenario, finding)

@@ -22,6 +22,9 @@ class Property:
     requires: frozenset[str] = frozenset()  # target features needed
     examples: tuple = field(default=())  # explicit examples (the seeds' fixed parameters)
     example_scale: float = 1.0  # share of the profile's max_examples this property runs (an expensive one runs fewer)
+    # (target, scenario, modeled bug names) -> None, raises Finding: ``check`` with an oracle that behaves as the named
+    # known bugs do (fuzzcache.known_bugs); None: this property's oracle models no bug
+    check_modeling: Callable[[Any, Any, frozenset[str]], None] | None = None
 
     def applies_to(self, target) -> bool:
         return self.unmet(target) is None

@@ -53,10 +53,10 @@ def suspects(edits: list[tuple[MemoryOp, str]]) -> str:
 class OracleRun:
     """The oracle's run of a script, with what each op did (for the signatures)."""
 
-    def __init__(self, target, s: MemoryScenario):
+    def __init__(self, target, s: MemoryScenario, modeled: frozenset[str] = frozenset()):
         from fuzzcache.surgery.memory_model import MemoryModel
 
-        self.oracle, self.effects = MemoryModel(target.model), {}
+        self.oracle, self.effects = MemoryModel(target.model, modeled), {}
         n_seqs = target.memory_seqs
         self.observations = run_script(self.oracle, s, n_seqs, (), self._after)
         self.probe_seqs = tuple(seq for seq in range(n_seqs) if self.oracle.entries(seq))  # every sequence holding entries
@@ -70,8 +70,9 @@ class OracleRun:
             reached("memory: moved entries shared through seq_cp")
 
 
-def check_memory(target, s: MemoryScenario) -> None:
-    want = OracleRun(target, s)
+def check_memory(target, s: MemoryScenario, modeled: frozenset[str] = frozenset()) -> None:
+    """The check; ``modeled``: known engine bugs the oracle behaves as (``MemoryModel``'s)."""
+    want = OracleRun(target, s, modeled)
     got = call_target(f"{target.name}.run_memory_script", target.run_memory_script, s, want.probe_seqs)
     if [o.kind for o in got] != [o.kind for o in want.observations]:
         raise contract(f"run_memory_script returned steps {[o.kind for o in got]}, expected {[o.kind for o in want.observations]}")
@@ -120,4 +121,5 @@ register(Property(
     id="surgery.memory", level="memory",
     description="the engine's own KV-memory ops (rm, cp, keep, shift, div, context shift, state restore), composed, == the model over the cache they describe",
     scenario_type=MemoryScenario, strategy=lambda t: memory_scenarios(t.vocab_size, t.memory_seqs), check=check_memory,
+    check_modeling=check_memory,
 ))

@@ -45,7 +45,9 @@ def span(p0: int, p1: int) -> tuple[int, float]:
 class MemoryModel:
     """The KV memory of ``model`` (an HF causal LM with RoPE), sequence by sequence."""
 
-    def __init__(self, model):
+    def __init__(self, model, modeled: frozenset[str] = frozenset()):
+        if modeled:
+            raise ValueError(f"MemoryModel models no engine bug yet; asked for {sorted(modeled)}")
         self.model = model
         self.info: RopeInfo = rope_info(model)
         self.seqs: dict[int, list[Entry]] = {}
