@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
 from fuzzcache.corpus import CorpusError, iter_files, load
+from fuzzcache.stopping import stopped_by_signals
 from fuzzcache.targets import UnknownTarget, available_targets, resolve_target
 from fuzzcache.threads import configure_threads
 
@@ -62,6 +63,7 @@ def main() -> None:
 @click.option("--shard", default=None, metavar="I/N", help="run shard I of N (1-based) of the applicable properties, for a CI matrix or an indexed job")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="worker processes, properties spread over them (default: the number of cores)")
 @ISOLATE
+@stopped_by_signals
 def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers, isolate) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure that no triage or known
     bug explains was saved (fuzzcache.known_bugs), 2 when a
@@ -189,12 +191,13 @@ def replay(paths, target_spec, isolate) -> None:
 @click.option("--max-checks", default=None, type=click.IntRange(min=1), help="property checks per file (default: the minimizer's cap, 400)")
 @click.option("--keep-original", is_flag=True, help="keep the input file beside the minimized one (default: a new minimized file replaces it, holding its scenario as shrunk_scenario)")
 @ISOLATE
+@stopped_by_signals
 def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, isolate) -> None:
     """Minimize corpus files (older versions', a long nightly run's, hand-written ones): each
     still-failing case is reduced by its structure and saved as a new, content-addressed file
     holding the old scenario as shrunk_scenario (and its triage). The input is removed only when
     that new file was written for it, never with --target (the input belongs to another target).
-    Ctrl-C saves the best so far and stops. Exit 1 if a file could not be read."""
+    Ctrl-C (or SIGTERM) saves the best so far and stops. Exit 1 if a file could not be read."""
     from fuzzcache import corpus
     from fuzzcache.findings import Finding
     from fuzzcache.guard import Unsupported

@@ -29,6 +29,7 @@ import torch
 
 from fuzzcache import guard
 from fuzzcache.findings import Finding
+from fuzzcache.stopping import STOP_SIGNALS
 
 START_LIMIT_S = 300.0  # building the target, or reading an attribute, in the worker
 TAIL_CHARS = 2000  # of the worker's stderr, kept in a crash finding
@@ -71,18 +72,20 @@ def _forget_inherited_forkserver() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_forkserver)
 
 
-def _start_forkserver_deaf_to_ctrl_c(context) -> None:
-    """Start the forkserver ignoring SIGINT, as its children do (Ctrl-C is the fuzzer's to handle):
-    CPython's ignores it only after importing PRELOAD, seconds in which Ctrl-C would kill it."""
+def _start_forkserver_deaf_to_stop_signals(context) -> None:
+    """Start the forkserver ignoring SIGINT and SIGTERM, as its children do (stopping is the
+    fuzzer's to handle): CPython's ignores SIGINT only after importing PRELOAD, seconds in which
+    Ctrl-C would kill it. It ends when the fuzzer's end of its pipe closes."""
     if context.get_start_method() != "forkserver" or threading.current_thread() is not threading.main_thread():
         return
     from multiprocessing import forkserver
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the server it spawns
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in STOP_SIGNALS}  # inherited by the server it spawns
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Method:
@@ -149,7 +152,7 @@ class IsolatedTarget:
         self._log = os.fdopen(fd, "rb")  # the worker's stderr, read here through this handle
         self._worker.update(log=self._log)
         try:
-            _start_forkserver_deaf_to_ctrl_c(context)
+            _start_forkserver_deaf_to_stop_signals(context)
             parent_end, child_end = context.Pipe()
             self._proc = context.Process(target=_serve, args=(self._spec, self._options, child_end, path), daemon=True,
                                          name=f"fuzzcache target {self._spec}")
@@ -290,7 +293,8 @@ def _serve(spec: str, options: dict, conn, log: str) -> None:
     os.dup2(out, 2)
     faulthandler.enable()  # a fatal signal prints the Python stack to the log
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core files from deliberate aborts
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the fuzzer's to handle; it stops this worker
+    for sig in STOP_SIGNALS:  # Ctrl-C and SIGTERM (to a whole process group) are the fuzzer's to handle; it kills this worker
+        signal.signal(sig, signal.SIG_IGN)
     configure_threads()
     from fuzzcache.targets import UnknownTarget, resolve_target
 

@@ -24,6 +24,7 @@ from fuzzcache.database import ReadOnlyOnceStopped
 from fuzzcache.findings import Finding, signature
 from fuzzcache.minimize import MAX_CHECKS, Minimized, minimize
 from fuzzcache.properties import Property
+from fuzzcache.stopping import STOP_SIGNALS, stops_the_run
 
 RERUNS = 2
 
@@ -189,24 +190,31 @@ def run_property(
 
 @contextmanager
 def ctrl_c_noted() -> Iterator[list]:
-    """A list that a Ctrl-C (SIGINT) appends to before it raises KeyboardInterrupt as usual.
-    Hypothesis's final replay of a failing example catches BaseException, so a Ctrl-C landing
-    there never reaches ``run_property``'s handler; the note does. Only where Python's own
-    SIGINT handler is in place (main thread, not ignored)."""
+    """A list that a stop signal (Ctrl-C, or SIGTERM under ``fuzzcache.stopping``) appends to
+    before its handler raises KeyboardInterrupt as usual. Hypothesis's final replay of a failing
+    example catches BaseException, so a signal landing there never reaches ``run_property``'s
+    handler; the note does. Only for signals whose handler stops the run, in the main thread."""
     noted: list = []
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if threading.current_thread() is not threading.main_thread():
         yield noted
         return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
 
-    def note(signum, frame):
-        noted.append(signum)
-        raise KeyboardInterrupt
+    def noting(handler):
+        def note(signum, frame):
+            noted.append(signum)
+            handler(signum, frame)
+        return note
 
-    signal.signal(signal.SIGINT, note)
+    for sig, handler in previous.items():
+        if stops_the_run(handler):
+            signal.signal(sig, noting(handler))
     try:
         yield noted
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig, handler in previous.items():
+            if stops_the_run(handler):
+                signal.signal(sig, handler)
 
 
 def target_options(target) -> dict:

@@ -2,18 +2,21 @@
 ``--shard``), each worker builds its own target and runs ``run_campaign`` on its share for the
 whole budget, and the parent shows one live table and merges one end report. Workers share the
 corpus folder (atomic, never-overwriting writes) and the example database. Ctrl-C reaches every
-worker; each saves what it found and reports back."""
+worker (the parent passes SIGTERM on: fuzzcache.stopping); each saves what it found and reports back."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue as queues
+import signal
 import time
 from pathlib import Path
 
 from hypothesis import settings as Settings
 
 from fuzzcache.campaign import CampaignResult, Progress, rows_of, run_campaign
+from fuzzcache.stopping import stop_on_signals
 
 PROGRESS_EVERY_S = 0.25  # a worker's updates to the parent's live table
 WIND_DOWN_S = 300.0  # after Ctrl-C, how long the parent waits for workers to save and report
@@ -36,14 +39,15 @@ def _worker(index: int, spec: str, options: dict, property_ids: list[str], budge
             last[0] = time.monotonic()
             out.put(("progress", index, rows))
 
-    try:
-        target = resolve_target(spec, **options)
-        database = make_database(database_spec) if database_spec else None
-        result = run_campaign(target, spec, [get(p) for p in property_ids], budget_s, base, corpus_dir, database, progress)
-    except BaseException as exc:  # noqa: BLE001 - the parent reports it and the campaign goes on
-        out.put(("failed", index, f"{type(exc).__name__}: {exc}"))
-        return
-    out.put(("done", index, result))
+    with stop_on_signals():  # a SIGTERM from the parent (or a CI runner) stops this worker as Ctrl-C does
+        try:
+            target = resolve_target(spec, **options)
+            database = make_database(database_spec) if database_spec else None
+            result = run_campaign(target, spec, [get(p) for p in property_ids], budget_s, base, corpus_dir, database, progress)
+        except BaseException as exc:  # noqa: BLE001 - the parent reports it and the campaign goes on
+            out.put(("failed", index, f"{type(exc).__name__}: {exc}"))
+            return
+        out.put(("done", index, result))
 
 
 def run_workers(spec: str, options: dict, property_ids: list[str], workers: int, budget_s: float, base: Settings,
@@ -70,8 +74,11 @@ def run_workers(spec: str, options: dict, property_ids: list[str], workers: int,
                 errors += [f"worker {i} ended without a report" for i, p in enumerate(procs) if i not in results and not p.is_alive()]
                 break
             continue
-        except KeyboardInterrupt:  # the workers got it too: wait for their reports
+        except KeyboardInterrupt:  # Ctrl-C reached the workers too, SIGTERM may not have: pass it on, wait for their reports
             interrupted, deadline = True, time.monotonic() + WIND_DOWN_S
+            for p in procs:
+                if p.is_alive():
+                    os.kill(p.pid, signal.SIGTERM)  # a worker stops once, whatever number of signals it gets
             continue
         if kind == "progress":
             rows[index] = payload

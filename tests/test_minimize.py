@@ -6,6 +6,7 @@ examples, and corpus files keep both forms (``fuzzcache minimize`` on existing f
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 from click.testing import CliRunner
@@ -423,10 +424,20 @@ def test_minimize_command_stops_at_ctrl_c(tmp_path):
     assert result.output.count(" checks, ") == 1 and a.exists() and b.exists()  # the first file only, nothing deleted
 
 
-def test_a_ctrl_c_that_hypothesis_keeps_to_itself_still_stops_the_run(tmp_path):
-    import signal
+@pytest.fixture
+def ctrl_c_reaches_python():
+    """Python's own SIGINT handler, as a terminal's foreground job has it: a background job of a
+    non-interactive shell (``nohup ... &``) starts with SIGINT ignored, and Python keeps that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_a_ctrl_c_that_hypothesis_keeps_to_itself_still_stops_the_run(tmp_path, stop_signal, ctrl_c_reaches_python):
     from hypothesis.control import current_build_context
+
+    from fuzzcache.stopping import stop_on_signals
 
     class SwallowedCtrlC(WrongFirstToken):
         """Ctrl-C during Hypothesis's final replay of the failing example, where Hypothesis catches
@@ -435,12 +446,12 @@ def test_a_ctrl_c_that_hypothesis_keeps_to_itself_still_stops_the_run(tmp_path):
         def generate(self, requests, config):
             if current_build_context().is_final:
                 try:
-                    signal.raise_signal(signal.SIGINT)
+                    signal.raise_signal(stop_signal)
                 except KeyboardInterrupt:
                     pass
             return super().generate(requests, config)
 
-    with pytest.raises(runner.Interrupted) as stopped:
+    with pytest.raises(runner.Interrupted) as stopped, stop_on_signals():  # as `fuzzcache fuzz` runs
         runner.run_property(TRACE, SwallowedCtrlC(), "swallowed", settings(max_examples=20, database=None, derandomize=True), tmp_path)
     (saved,) = stopped.value.run.found
     assert saved.path.exists() and saved.minimized is None  # saved as shrunk, no minimizing after Ctrl-C

@@ -1,6 +1,7 @@
 """``fuzz --workers N``: properties spread over worker processes, one live table and one end
 report; every worker's findings land in the shared corpus and the report; Ctrl-C (SIGINT to the
-process group, as a terminal sends it) stops every worker and keeps what they found."""
+process group, as a terminal sends it) and SIGTERM to the fuzzer alone (a CI runner's timeout, in
+a background job where SIGINT is ignored) stop every worker and keep what they found."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 PLANTED = '''
 from fuzzcache.model import ModelConfig
@@ -32,14 +35,22 @@ class LastTokenWrong(ReferenceTarget):
 '''
 
 
-def start_fuzz(tmp_path, *args):
+def start_fuzz(tmp_path, *args, background: bool = False):
+    """``fuzzcache fuzz`` in a session of its own: as a terminal's foreground job (SIGINT as
+    Python's default), or as a background job of a non-interactive shell (``nohup ... &``: SIGINT
+    ignored, whatever the shell that runs this test does)."""
     (tmp_path / "last_token_target.py").write_text(PLANTED)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, "-m", "fuzzcache.cli", "fuzz", "--corpus", str(tmp_path / "corpus"), "--report-dir", str(tmp_path / "report"), *args]
-    # a shell's background jobs ignore SIGINT, and children inherit that: give the run the default,
-    # as a terminal's foreground job has it
+    sigint = signal.SIG_IGN if background else signal.SIG_DFL
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+
+
+def wait_for_files(tmp_path, count: int, limit_s: float = 120) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and len(list((tmp_path / "corpus").rglob("crash-*.json"))) < count:
+        time.sleep(0.5)
 
 
 def report(tmp_path) -> dict:
@@ -47,8 +58,9 @@ def report(tmp_path) -> dict:
 
 
 def test_two_workers_share_the_properties_and_report_as_one(tmp_path):
+    # as a background job (SIGINT ignored): the budget alone ends the run
     proc = start_fuzz(tmp_path, "--workers", "2", "--budget", "8s", "--property", "kv.recompute", "--property", "batch.ragged",
-                      "--property", "prefill.chunked", "--property", "draft.normalized")
+                      "--property", "prefill.chunked", "--property", "draft.normalized", background=True)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     props = report(tmp_path)["properties"]
@@ -60,9 +72,7 @@ def test_two_workers_share_the_properties_and_report_as_one(tmp_path):
 def test_ctrl_c_stops_every_worker_and_keeps_what_they_found(tmp_path):
     proc = start_fuzz(tmp_path, "--target", "last_token_target:LastTokenWrong", "--workers", "2", "--budget", "10m",
                       "--property", "engine.trace", "--property", "prefix.hit")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((tmp_path / "corpus").rglob("crash-*.json"))) < 2:
-        time.sleep(0.5)
+    wait_for_files(tmp_path, 2)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: every process of the group
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, output  # new failures were saved
@@ -71,3 +81,20 @@ def test_ctrl_c_stops_every_worker_and_keeps_what_they_found(tmp_path):
     saved = {f["path"] for p in data["properties"].values() for f in p["findings"]}
     assert len(saved) >= 2 and all(os.path.exists(p) for p in saved)
     assert {p for p in data["properties"] if data["properties"][p]["findings"]} == {"engine.trace", "prefix.hit"}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_stops_a_background_run_and_keeps_what_it_found(tmp_path, workers):
+    """What a CI runner's timeout, `timeout` or `kill` sends, to the fuzzer's process alone, where
+    Ctrl-C cannot reach (SIGINT ignored): the run stops, saves and reports as after Ctrl-C."""
+    proc = start_fuzz(tmp_path, "--target", "last_token_target:LastTokenWrong", "--workers", workers, "--budget", "10m",
+                      "--property", "engine.trace", "--property", "prefix.hit", background=True)
+    wait_for_files(tmp_path, 1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, output  # a new failure was saved
+    data = report(tmp_path)
+    assert data["interrupted"] is True
+    saved = {f["path"] for p in data["properties"].values() for f in p["findings"]}
+    assert saved and all(os.path.exists(p) for p in saved)
+    assert {str(p) for p in (tmp_path / "corpus").rglob("crash-*.json")} <= saved  # every file written is in the report
