@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Iterator
 
-from fuzzcache.contract import EngineConfig, Request, validate_requests
+from fuzzcache.contract import EngineConfig, Request, min_pool_blocks, validate_requests
 from fuzzcache.minimize import Reduced
 
 if TYPE_CHECKING:
@@ -97,8 +97,6 @@ def rows_reductions(s, field: str, min_rows: int, min_len: int, counts: dict[str
 
 
 def min_pool(requests: tuple[Request, ...], config: EngineConfig) -> int:
-    from strategies.engine import min_pool_blocks
-
     return min_pool_blocks(requests, config) if requests else 1
 
 
