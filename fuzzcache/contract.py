@@ -109,6 +109,11 @@ def min_blocks_for(request: Request, config: EngineConfig) -> int:
     return -(-(len(request.prompt) + request.max_new_tokens + config.spec_k) // config.block_size)
 
 
+def min_pool_blocks(requests: Sequence[Request], config: EngineConfig) -> int:
+    """The contract's minimum pool: what the largest single request needs."""
+    return max(min_blocks_for(r, config) for r in requests)
+
+
 def validate_config(config: EngineConfig) -> None:
     """Reject an EngineConfig no engine can run, naming the field."""
     def bad(field_name: str, why: str) -> None:

@@ -16,7 +16,7 @@ import hypothesis
 import torch
 
 from fuzzcache.findings import Finding
-from fuzzcache.scenario import from_jsonable, to_jsonable
+from fuzzcache.jsonable import from_jsonable, to_jsonable
 
 SCHEMA_VERSION = 1
 TRIAGE_CLASSES = ("upstream-bug", "by-design")  # a triaged case is known to fail until upstream changes

@@ -1,7 +1,7 @@
 """Targets in a worker process: a target that may kill its own process (a native assert, a
 signal, running out of memory) runs in a child, behind a proxy that looks like the target.
 
-The child builds the target from its spec (``resolve_target``). Attributes are fetched from it
+The child builds the target from its spec (``build_target``). Attributes are fetched from it
 once and cached (``last_stats`` / ``last_ignored`` come back with every call); method calls are
 sent over a pipe and run there under ``call_target``, so exceptions are classified exactly as
 in-process. A child that dies is a ``crash`` finding with the signal and the tail of its stderr,
@@ -30,6 +30,7 @@ import torch
 from fuzzcache import guard
 from fuzzcache.findings import Finding
 from fuzzcache.stopping import STOP_SIGNALS
+from fuzzcache.targets.registry import UnknownTarget, build_target
 
 START_LIMIT_S = 300.0  # building the target, or reading an attribute, in the worker
 TAIL_CHARS = 2000  # of the worker's stderr, kept in a crash finding
@@ -173,8 +174,6 @@ class IsolatedTarget:
         if status != "ready":
             self._kill()
             if status == "unknown":
-                from fuzzcache.targets import UnknownTarget
-
                 raise UnknownTarget(detail)
             raise IsolationError(f"the worker process could not build target {self._spec!r}:\n{detail}")
 
@@ -296,10 +295,8 @@ def _serve(spec: str, options: dict, conn, log: str) -> None:
     for sig in STOP_SIGNALS:  # Ctrl-C and SIGTERM (to a whole process group) are the fuzzer's to handle; it kills this worker
         signal.signal(sig, signal.SIG_IGN)
     configure_threads()
-    from fuzzcache.targets import UnknownTarget, resolve_target
-
     try:
-        target = resolve_target(spec, isolate=False, **options)
+        target = build_target(spec, **options)
     except UnknownTarget as exc:
         _send(conn, ("unknown", str(exc)))
         return

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from fuzzcache import coverage
 from fuzzcache.findings import Finding, crash_site
+from fuzzcache.jsonable import to_jsonable
 
 MAX_CHECKS = 400  # property checks (each one or two target calls plus the oracle) per finding
 MAX_SECONDS = 120.0  # wall-clock per finding, whatever the checks cost
@@ -74,8 +75,6 @@ def same_failure(original: Finding, candidate: Finding, rid: int | None) -> bool
 def generic_size(scenario: Any) -> tuple:
     """A size for scenario types without ``size_key``: (list elements and characters, then the
     sum of integer values, then true flags), over the scenario's JSON form."""
-    from fuzzcache.scenario import to_jsonable
-
     items = numbers = flags = 0
 
     def walk(x):

@@ -484,7 +484,7 @@ class PreemptForkFreesSharedScheduler(Scheduler):
 # Minimal triggers below: exhaustive search over all-zero prompts (stop tokens from their greedy
 # continuation), one or two requests, arrivals 0-2, block sizes 1, 2, 3 and 16, chunk size none or 1,
 # token budget none or 1, prefix cache off / on, pool unbounded or at its minimum (+0-2), keeping the
-# failing traces of the fewest tokens that no reduction of fuzzcache.reductions makes smaller.
+# failing traces of the fewest tokens that no reduction of TraceScenario (fuzzcache.scenario) makes smaller.
 mutant("abort_leaks_blocks", "lifecycle", "an aborted request's blocks never go back to the pool",
        # aborted once it holds a block: after its one-token prompt, or after the first of two prompt tokens
        "engine.trace: [prompt=1 new=2 abort=1]", "engine.trace: [prompt=2 new=1 abort=1] chunk_size=1",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from fuzzcache.contract import DRAFTS, EngineConfig, Request, min_blocks_for
+from fuzzcache.contract import DRAFTS, EngineConfig, Request, min_pool_blocks
 from fuzzcache.scenario import TraceScenario
 from strategies.lengths import chunk_sizes, max_new_tokens, prompt_lengths, target_block_sizes
 from strategies.lifecycle import Greedy, oracle_greedy, with_lifecycles
@@ -42,11 +42,6 @@ def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_re
     body = request_bodies(token, shared, block_size, max_prompt, max_new, max_seq_len)
     bodies = draw(st.lists(body, min_size=min_requests, max_size=max_requests))
     return tuple(Request(rid, prompt, new, arrival) for rid, (prompt, new, arrival) in enumerate(bodies))
-
-
-def min_pool_blocks(requests: tuple[Request, ...], config: EngineConfig) -> int:
-    """The contract's minimum pool: what the largest single request needs."""
-    return max(min_blocks_for(r, config) for r in requests)
 
 
 FOCUS = ("prefix_cache", "chunked", "speculative", "interleave", "pool")

@@ -1,79 +1,23 @@
 """Target resolution: turn a name from the command line or pytest into a target object.
 
-Names: ``reference``; ``<family>:<name>`` for a family of FAMILIES (``mutant:<name>``, the bug
-zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM; ``llamacpp:<arch>``, llama.cpp); an entry point in the group
-``fuzzcache.targets``; or ``package.module:attr`` where attr is a target or a zero-argument
-callable returning one. Families are looked up by module path, so this package imports none of
-them (fuzzcache.mutants imports the reference target from here, never the other way round).
-A target may run in a worker process (``fuzzcache.isolation``): when asked, or when it sets
-``isolate = True``.
+What the names are, and how each is built, is ``fuzzcache.targets.registry``. A target may run
+in a worker process (``fuzzcache.isolation``): when asked, or when it sets ``isolate = True``.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
-from importlib.metadata import entry_points
 
-import torch
-
+from fuzzcache.isolation import IsolatedTarget
 from fuzzcache.targets.reference import ReferenceTarget
+from fuzzcache.targets.registry import (
+    BUILTIN, DTYPES, ENTRY_POINT_GROUP, FAMILIES, REQUIRED_ATTRS, UnknownTarget, available_targets, build_target, check_device, parse_dtype,
+)
 
-ENTRY_POINT_GROUP = "fuzzcache.targets"
-BUILTIN = {"reference": ReferenceTarget}
-# prefix -> (module, factory taking the name after the prefix, what the names are)
-FAMILIES = {
-    "mutant": ("fuzzcache.mutants", "build", "mutant:<name> (the bug zoo, see `fuzzcache list`)"),
-    "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (HF transformers: llama, llama-dynamic, mistral, qwen2, phi)"),
-    "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget",
-             "vllm:<arch> (llama, qwen2; needs the vllm extra; cannot express interleave, max_new_tokens=0)"),
-    "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
-                 "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
-}
-REQUIRED_ATTRS = ("name", "vocab_size", "max_seq_len", "features", "reference_logits", "generate")
-
-
-class UnknownTarget(ValueError):
-    """A target name that resolves to nothing."""
-
-
-def available_targets(with_mutants: bool = False) -> list[str]:
-    """Built-in names plus installed entry points (and the bug zoo's ``mutant:<name>``)."""
-    names = sorted(BUILTIN) + sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
-    if with_mutants:
-        zoo = importlib.import_module(FAMILIES["mutant"][0]).ZOO
-        names += [f"mutant:{m}" for m in zoo]
-    return names
-
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UnknownTarget(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UnknownTarget(f"device {device!r} requested, but this torch sees no CUDA device")
-
-
-def _instantiate(obj, spec: str, options: dict):
-    factory = isinstance(obj, type) or (callable(obj) and not hasattr(obj, "generate"))
-    if options and not factory:
-        raise UnknownTarget(f"target {spec!r} is an instance; it cannot take {', '.join(options)}")
-    try:
-        target = obj(**options) if factory else obj
-    except TypeError as exc:
-        if not options:
-            raise
-        raise UnknownTarget(f"target {spec!r} does not accept {', '.join(options)} ({exc})") from exc
-    missing = [a for a in REQUIRED_ATTRS if not hasattr(target, a)]
-    if missing:
-        raise UnknownTarget(f"target {spec!r} resolved to {target!r}, which lacks the contract's {', '.join(missing)}")
-    return target
+__all__ = [
+    "BUILTIN", "DTYPES", "ENTRY_POINT_GROUP", "FAMILIES", "REQUIRED_ATTRS", "ReferenceTarget", "UnknownTarget", "available_targets",
+    "build_target", "check_device", "parse_dtype", "resolve_target",
+]
 
 
 def resolve_target(spec: str, dtype: str | None = None, device: str | None = None, isolate: bool | None = None):
@@ -84,41 +28,7 @@ def resolve_target(spec: str, dtype: str | None = None, device: str | None = Non
     ``isolate = True`` (it is built here once to read that, then again in the worker)."""
     if isolate is None and os.environ.get("FUZZCACHE_ISOLATE", "") in ("0", "1"):
         isolate = os.environ["FUZZCACHE_ISOLATE"] == "1"
-    target = None if isolate else _build(spec, dtype, device)
+    target = None if isolate else build_target(spec, dtype, device)
     if isolate or (isolate is None and getattr(target, "isolate", False) is True):
-        from fuzzcache.isolation import IsolatedTarget
-
         return IsolatedTarget(spec, dtype, device)
     return target
-
-
-def _build(spec: str, dtype: str | None, device: str | None):
-    options: dict = {}
-    if dtype is not None:
-        options["dtype"] = parse_dtype(dtype)
-    if device is not None:
-        check_device(device)
-        options["device"] = device
-    if spec in BUILTIN:
-        return BUILTIN[spec](**options)
-    family, _, name = spec.partition(":")
-    if family in FAMILIES:
-        module_name, factory, _ = FAMILIES[family]
-        return getattr(importlib.import_module(module_name), factory)(name, **options)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == spec:
-            return _instantiate(ep.load(), spec, options)
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UnknownTarget(f"target {spec!r}: cannot import module {module_name!r} ({exc})") from exc
-        if not hasattr(module, attr):
-            raise UnknownTarget(f"target {spec!r}: module {module_name!r} has no attribute {attr!r}")
-        return _instantiate(getattr(module, attr), spec, options)
-    raise UnknownTarget(
-        f"unknown target {spec!r}; available: {', '.join(available_targets())}, "
-        f"{', '.join(what for _, _, what in FAMILIES.values())}, "
-        "an entry point in the group 'fuzzcache.targets', or package.module:attr"
-    )

@@ -1,7 +1,7 @@
 """The one factory of tiny seeded-random models every target is built from: an HF transformers
 model per architecture, built from a config (no hub). Engines that load checkpoints (vLLM, later
 llama.cpp) get the same weights written in their format (``save_checkpoint``), and one HF forward
-over them is their oracle.
+over them is their oracle. ``quiet_transformers`` silences transformers' notices around a call.
 
 Weights are drawn with ``initializer_range`` 0.4 instead of HF's 0.02, so logits spread out: the
 median top-1/top-2 margin is 0.66-0.70 over 320 positions of random tokens per architecture (at
@@ -10,6 +10,8 @@ median top-1/top-2 margin is 0.66-0.70 over 320 positions of random tokens per a
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -107,7 +109,23 @@ def draft_model(arch: str, dtype: torch.dtype = torch.float32, device: str = "cp
 def save_checkpoint(model, folder) -> None:
     """``model`` as an HF checkpoint (config.json + safetensors) in ``folder``, no tokenizer: the
     format vLLM loads (``skip_tokenizer_init``) and llama.cpp's converter reads."""
-    from fuzzcache.targets.hf.target import quiet_transformers
-
     with quiet_transformers():
         model.save_pretrained(folder)
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' deprecation, "no EOS" and continuous-batching notices (psutil, flash
+    attention) silenced for one call, and the caller's logging levels restored after."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    cb_logger = logging.getLogger("ContinuousBatchingLogger")
+    cb_level = cb_logger.level
+    transformers.logging.set_verbosity_error()
+    cb_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        cb_logger.setLevel(cb_level)

@@ -43,15 +43,13 @@ sampler's scores in continuous batching.
 from __future__ import annotations
 
 import copy
-import logging
-from contextlib import contextmanager
 from typing import Sequence
 
 import torch
 
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests, with_forks
 from fuzzcache.targets.hf.continuous import stepped_generate
-from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, tiny_model
+from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, quiet_transformers, tiny_model
 
 PATHS = ("single", "batched", "static", "continuous", "speculative")
 FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"})
@@ -67,24 +65,6 @@ def require_transformers() -> None:
         import transformers  # noqa: F401
     except ImportError as exc:
         raise UnknownTarget("hf:<arch> targets need transformers: pip install 'fuzzcache[hf]'") from exc
-
-
-@contextmanager
-def quiet_transformers():
-    """transformers' deprecation, "no EOS" and continuous-batching notices (psutil, flash
-    attention) silenced for one call, and the caller's logging levels restored after."""
-    import transformers
-
-    level = transformers.logging.get_verbosity()
-    cb_logger = logging.getLogger("ContinuousBatchingLogger")
-    cb_level = cb_logger.level
-    transformers.logging.set_verbosity_error()
-    cb_logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(level)
-        cb_logger.setLevel(cb_level)
 
 
 class HFTarget:
