@@ -172,8 +172,8 @@ MEMORY_CORPUS = sorted((CORPUS / "llamacpp:llama" / "surgery.memory").glob("*.js
 
 
 def triaged_bug(path) -> str:
-    """The write-up a hand-triaged repro names (its triage.writeup's "See corpus/<id>.md")."""
-    return re.search(r"See corpus/([\w-]+)\.md", load(path).triage["writeup"]).group(1)
+    """The write-up a triaged repro names: "corpus/<id>.md" in its triage.writeup (by hand or by a claim)."""
+    return re.search(r"corpus/([\w-]+)\.md", load(path).triage["writeup"]).group(1)
 
 
 def agrees_modelling(target, scenario, modeled) -> bool:
@@ -194,7 +194,7 @@ def test_each_memory_writeup_is_a_known_bug_the_oracle_models():
 
 @pytest.mark.parametrize("path", MEMORY_CORPUS, ids=[p.stem[6:14] for p in MEMORY_CORPUS])
 def test_each_triaged_memory_repro_is_claimed_by_the_bug_its_triage_names(path):
-    """Replayed, a hand-triaged repro still fails and ``known_bugs.claim`` names the bug of its
+    """Replayed, a triaged repro (28 by hand, one claimed in a campaign) still fails and ``known_bugs.claim`` names the bug of its
     triage; the oracle passes it modelling that bug and fails it modelling any other one alone
     (the write-ups' shapes do not overlap)."""
     target, case = target_for("llamacpp:llama"), load(path)
