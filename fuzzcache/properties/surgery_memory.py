@@ -54,9 +54,9 @@ class OracleRun:
     """The oracle's run of a script, with what each op did (for the signatures)."""
 
     def __init__(self, target, s: MemoryScenario, modeled: frozenset[str] = frozenset()):
-        from fuzzcache.surgery.memory_model import MemoryModel
+        from fuzzcache.surgery.memory_model_bugs import memory_model
 
-        self.oracle, self.effects = MemoryModel(target.model, modeled), {}
+        self.oracle, self.effects = memory_model(target.model, modeled), {}
         n_seqs = target.memory_seqs
         self.observations = run_script(self.oracle, s, n_seqs, (), self._after)
         self.probe_seqs = tuple(seq for seq in range(n_seqs) if self.oracle.entries(seq))  # every sequence holding entries
@@ -71,7 +71,7 @@ class OracleRun:
 
 
 def check_memory(target, s: MemoryScenario, modeled: frozenset[str] = frozenset()) -> None:
-    """The check; ``modeled``: known engine bugs the oracle behaves as (``MemoryModel``'s)."""
+    """The check; ``modeled``: known engine bugs the oracle behaves as (``memory_model_bugs.BUGS``)."""
     want = OracleRun(target, s, modeled)
     got = call_target(f"{target.name}.run_memory_script", target.run_memory_script, s, want.probe_seqs)
     if [o.kind for o in got] != [o.kind for o in want.observations]:

@@ -16,6 +16,7 @@ operations follow llama.h's documentation, sequence by sequence:
 (p0 < 0 means 0, p1 < 0 means no end.) ``decode(s, tokens)`` (``decode_batch({s: tokens})``) runs the model on ``tokens`` at
 positions pos_max(s) + 1 ... with s's entries as its cache, and appends their entries: the
 logits a correct engine returns whatever the edits before.
+Known engine bugs it can behave as, to claim their findings: fuzzcache.surgery.memory_model_bugs.
 """
 
 from __future__ import annotations
@@ -45,9 +46,7 @@ def span(p0: int, p1: int) -> tuple[int, float]:
 class MemoryModel:
     """The KV memory of ``model`` (an HF causal LM with RoPE), sequence by sequence."""
 
-    def __init__(self, model, modeled: frozenset[str] = frozenset()):
-        if modeled:
-            raise ValueError(f"MemoryModel models no engine bug yet; asked for {sorted(modeled)}")
+    def __init__(self, model):
         self.model = model
         self.info: RopeInfo = rope_info(model)
         self.seqs: dict[int, list[Entry]] = {}
@@ -121,7 +120,9 @@ class MemoryModel:
             self.cells += 1
             self.seqs[dst].append(Entry(e.pos, self.cells, e.keys, e.values))
 
-    def _move(self, seq: int, where) -> None:
+    def _move(self, seq: int, where, turn=lambda old, new: new - old) -> None:
+        """``seq``'s entries moved to ``where(pos)``, their keys turned by ``turn(pos, where(pos))``
+        positions (to the new position: an engine bug may turn them elsewhere, memory_model_bugs)."""
         elsewhere = {e.cell for other, entries in self.seqs.items() if other != seq for e in entries}
         kept, self.moved, self.moved_shared = [], False, False
         for e in self.entries(seq):
@@ -131,7 +132,9 @@ class MemoryModel:
                 self.moved_shared |= e.cell in elsewhere
             if new < 0:
                 continue  # moved below position 0: the entry goes
-            if new != e.pos:
-                e = Entry(new, e.cell, [rope_shift(k, new - e.pos, self.info, e.pos) for k in e.keys], e.values)
-            kept.append(e)
+            kept.append(self._moved(e, new, turn(e.pos, new)) if new != e.pos else e)
         self.seqs[seq] = kept
+
+    def _moved(self, e: Entry, new: int, turn: int) -> Entry:
+        """``e`` at position ``new``, its keys turned by ``turn`` positions now."""
+        return Entry(new, e.cell, [rope_shift(k, turn, self.info, e.pos) for k in e.keys], e.values)

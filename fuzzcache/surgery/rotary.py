@@ -99,6 +99,12 @@ def rope_shift(keys: torch.Tensor, delta: int, info: RopeInfo, first_position: i
     ``keys``: (B, H, T, D) in any float dtype. The rotation is done in float64 and rounded once
     to ``keys.dtype``; ``delta == 0`` returns the keys unchanged bit for bit."""
     check_positions(info, first_position, keys.shape[-2], delta)
+    return rotate(keys, delta, info)
+
+
+def rotate(keys: torch.Tensor, delta: int, info: RopeInfo) -> torch.Tensor:
+    """``rope_shift`` without its position check: an engine's K-shift turns whatever a cell holds,
+    wherever that leaves it (``fuzzcache.surgery.memory_model_bugs`` models wrong turns)."""
     cos, sin = (t.to(keys.device) for t in shift_angles(info, delta))  # (R,)
     rot, rest = keys[..., : info.rotary_dim], keys[..., info.rotary_dim :]  # (B, H, T, R), (B, H, T, D - R)
     moved = rot.double() * cos + rotate_half(rot.double()) * sin  # (B, H, T, R)

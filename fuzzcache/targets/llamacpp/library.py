@@ -22,6 +22,7 @@ INSTALL_HINT = ("llamacpp:<arch> targets need llama-cpp-python and gguf: pip ins
 CONTEXT_PAD = 256  # llama.cpp rounds n_ctx up to this
 F32, F16 = 0, 1  # ggml_type of the K and V caches
 FLASH_OFF, FLASH_ON = 0, 1  # llama_flash_attn_type
+KV_UNIFIED = True  # every context: one KV cache for all sequences, so seq_cp shares cells (corpus/llamacpp-shared-cells-move.md)
 
 
 def import_llama_cpp():
@@ -95,7 +96,7 @@ class Context:
         # llama-context.cpp output_reserve; corpus/llamacpp-outputs-below-seq-max.md). Set it explicitly.
         params.n_outputs_max = max(shape.n_batch, shape.n_seq_max)
         params.n_threads = params.n_threads_batch = 1  # fastest here for tiny models (and deterministic)
-        params.kv_unified = True  # one cache for all sequences: seq_cp shares cells
+        params.kv_unified = KV_UNIFIED
         params.type_k = params.type_v = shape.kv_type
         params.flash_attn_type = shape.flash_attn
         params.no_perf = True

@@ -36,11 +36,12 @@ import torch
 
 from fuzzcache.compare import Tolerance
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
+from fuzzcache.known_bugs import KnownBug
 from fuzzcache.targets.llamacpp.engine import Server
 from fuzzcache.targets.llamacpp.gguf_model import GGUF_ARCHITECTURES, write_gguf
 from fuzzcache.surgery.memory_ops import MemoryScenario, Observation, run_script
 from fuzzcache.targets.llamacpp.memory import MemorySession
-from fuzzcache.targets.llamacpp.library import CONTEXT_PAD, F16, F32, FLASH_OFF, FLASH_ON, ContextShape, Model
+from fuzzcache.targets.llamacpp.library import CONTEXT_PAD, F16, F32, FLASH_OFF, FLASH_ON, KV_UNIFIED, ContextShape, Model
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
 
 ARCHITECTURES = tuple(GGUF_ARCHITECTURES)
@@ -58,6 +59,19 @@ VARIANTS = {  # name suffix -> (KV cache type, flash attention)
 TOLERANCES = {"": Tolerance(tie=1e-3, logits=1e-3), "+f16kv": Tolerance(tie=0.15, logits=0.15),
               "+flash": Tolerance(tie=0.15, logits=0.15), "+f16kv+flash": Tolerance(tie=0.15, logits=0.15)}
 
+# llama.cpp's triaged bugs in its memory ops (corpus/<id>.md), each modelled by surgery.memory's oracle
+# (fuzzcache.surgery.memory_model_bugs), so a new shape of one is claimed as known (fuzzcache.known_bugs)
+MEMORY = dict(properties=("surgery.memory",), kinds=("mismatch",))
+SEQ_DIV_SHIFT_SIGN = KnownBug("llamacpp-seq-div-shift-sign", "seq_div turns the keys it moves the wrong way (llama-kv-cells.h pos_div)",
+                              modeled="seq_div_shift_sign", **MEMORY)
+STATE_SAVE_PENDING_SHIFT = KnownBug("llamacpp-state-save-pending-shift", "a state saved before the next decode holds keys "
+                                    "without the pending seq_add / seq_div K-shift", modeled="state_save_pending_shift", **MEMORY)
+SHARED_CELLS_MOVE = KnownBug("llamacpp-shared-cells-move", "in a unified KV cache, seq_add / seq_div of one sequence move the "
+                             "cells seq_cp shared with another", modeled="unified_cp_shares_cells", **MEMORY)
+STATE_RESTORE_EMPTY = KnownBug("llamacpp-state-restore-empty", "restoring an empty sequence's state leaves the destination's "
+                               "cells (state_read_sinfo skips its seq_rm)", modeled="restore_empty_keeps_cells", **MEMORY)
+KNOWN_BUGS = (SEQ_DIV_SHIFT_SIGN, STATE_SAVE_PENDING_SHIFT, STATE_RESTORE_EMPTY) + ((SHARED_CELLS_MOVE,) if KV_UNIFIED else ())
+
 
 def split_name(name: str) -> tuple[str, str]:
     """'llama+f16kv' -> ('llama', '+f16kv')."""
@@ -74,6 +88,7 @@ class LlamaCppTarget:
     max_seq_len = MAX_SEQ_LEN
     memory_seqs = 4  # sequences the surgery.memory property edits
     isolate = True  # a native assert aborts the process: run in a worker (fuzzcache.isolation)
+    known_bugs = KNOWN_BUGS  # its triaged upstream bugs, claiming their findings (shared cells: with a unified cache only)
 
     def __init__(self, arch: str = "llama", dtype: torch.dtype = torch.float32, device: str = "cpu", name: str | None = None):
         from fuzzcache.targets import UnknownTarget
