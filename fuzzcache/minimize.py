@@ -115,10 +115,12 @@ def request_ids(scenario: Any, default: int) -> set[int]:
     return set(ids()) if ids is not None else {default}
 
 
-def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MAX_CHECKS, max_seconds: float = MAX_SECONDS) -> Minimized:
+def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MAX_CHECKS, max_seconds: float | None = None) -> Minimized:
     """Reduce ``scenario`` (which fails ``prop`` on ``target`` with ``finding``) until no
     reduction keeps the same failure, or ``max_checks`` property checks have run, or
-    ``max_seconds`` have passed (a ``hang`` check takes the whole time limit)."""
+    ``max_seconds`` (default ``MAX_SECONDS``, read at the call) have passed (a ``hang`` check
+    takes the whole time limit)."""
+    max_seconds = MAX_SECONDS if max_seconds is None else max_seconds
     start = time.perf_counter()
     best, best_finding = scenario, finding
     rid = request_of(finding)
