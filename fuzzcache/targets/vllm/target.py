@@ -69,6 +69,7 @@ from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, v
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
 from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
+from fuzzcache.targets.vllm.known_bugs import KNOWN_BUGS
 
 ARCHITECTURES = ("llama", "qwen2")
 MAX_SEQ_LEN = 256
@@ -90,6 +91,7 @@ class VLLMTarget:
     block_sizes = BLOCK_SIZES  # strategies draw block sizes from these
     drafts = ("prompt_lookup",)
     budget_covers_seqs = True  # vLLM refuses max_num_batched_tokens < max_num_seqs
+    known_bugs = KNOWN_BUGS  # triaged upstream bugs: their findings are claimed, not failures (corpus/<id>.md)
     tolerance = TOLERANCE
     vocab_size = VOCAB_SIZE
     max_seq_len = MAX_SEQ_LEN
