@@ -298,7 +298,7 @@ def mutants(target_list, profile, budget, out_dir) -> None:
 
     from fuzzcache.campaign import parse_budget
     from fuzzcache.mutants import ZOO
-    from fuzzcache.mutation_score import minimizer_costs, score_target, write_outputs
+    from fuzzcache.mutation_score import fuzzer_verdict, minimizer_costs, score_target, write_outputs
 
     try:
         budget_s = parse_budget(budget)
@@ -324,11 +324,12 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         score = score_target(spec, lambda spec=spec: resolve_target(spec), Settings.get_profile(profile), budget_s, m, bug)
         scores.append(score)
         equal = {True: "yes", False: "no", None: "-"}[score.equals_documented]
-        table.add_row(spec, score.fixed_checks, "killed" if score.fuzz_killed else "survived", score.killed_by or "-",
+        table.add_row(spec, score.fixed_checks, fuzzer_verdict(score), score.killed_by or "-",
                       f"{score.seconds_to_kill:.1f}" if score.seconds_to_kill is not None else "-", str(score.examples_to_kill or "-"),
                       escape(score.repro.split(": ", 1)[-1]) if score.repro else "-",  # "[prompt=2 new=1]" is not markup
                       f"{score.shrunk_tokens} -> {score.repro_tokens} ({score.documented_tokens})" if score.repro else "-", equal)
-        console.print(f"{spec}: {'killed by ' + score.killed_by if score.fuzz_killed else 'survived'} ({score.seconds_total:.0f}s)", markup=False, highlight=False)
+        known = f"; known bug: {', '.join(score.known_bugs)}" if score.known_bugs else ""
+        console.print(f"{spec}: {'killed by ' + score.killed_by if score.fuzz_killed else 'survived'} ({score.seconds_total:.0f}s{known})", markup=False, highlight=False)
     total = time.monotonic() - started
     console.print(table)
     zoo = [s for s in scores if s.target != "reference"]

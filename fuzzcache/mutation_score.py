@@ -40,6 +40,7 @@ class MutantScore:
     minimize_checks: int | None = None  # the minimizer's property checks on this finding
     minimize_seconds: float | None = None
     seconds_total: float = 0.0
+    known_bugs: list[str] = field(default_factory=list)  # the target's known bugs the fuzzer found (``fuzzcache.known_bugs``): no kill
 
     @property
     def fixed_killed(self) -> bool:
@@ -93,8 +94,10 @@ def score_target(spec: str, make: Callable[[], object], base: Settings, budget_s
         if not prop.applies_to(target) or time.monotonic() - start > budget_s:
             continue
         run = run_property(prop, target, spec, Settings(base, database=None), corpus_dir=None, stop_at=start + budget_s)
-        if run.found:
-            found = run.found[0]
+        result.known_bugs += [b for saved in run.found for b in saved.known_bugs if b not in result.known_bugs]
+        killing = [saved for saved in run.found if not saved.known_bugs]  # a known bug's finding is the engine's, not a kill
+        if killing:
+            found = killing[0]
             result.fuzz_killed, result.killed_by, result.kind = True, prop.id, found.kind
             result.examples_to_kill = spent_examples + (run.examples_to_find or run.examples)
             result.seconds_to_kill = round(spent_seconds + (run.seconds_to_find or run.seconds), 2)
@@ -151,6 +154,12 @@ def minimizer_costs(scores: list[MutantScore]) -> dict:
     return out
 
 
+def fuzzer_verdict(score: MutantScore) -> str:
+    """killed / survived, and the target's known bugs the fuzzer found on the way."""
+    verdict = "killed" if score.fuzz_killed else "survived"
+    return f"{verdict} (known bug: {', '.join(score.known_bugs)})" if score.known_bugs else verdict
+
+
 def markdown_table(scores: list[MutantScore]) -> str:
     head = ("| mutant | fixed checks | fuzzer | property | s to kill | examples to kill | shrunk repro | minimized repro | tokens: shrunk / "
             "minimized / documented | minimizer checks, s | = documented trigger |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
@@ -159,7 +168,7 @@ def markdown_table(scores: list[MutantScore]) -> str:
     for s in scores:
         equal = {True: "yes", False: "no", None: "-"}[s.equals_documented]
         rows.append(
-            f"| {s.target} | {s.fixed_checks} | {'killed' if s.fuzz_killed else 'survived'} | {s.killed_by or '-'} | "
+            f"| {s.target} | {s.fixed_checks} | {fuzzer_verdict(s)} | {s.killed_by or '-'} | "
             f"{dash(s.seconds_to_kill)} | {dash(s.examples_to_kill)} | {dash(s.shrunk_repro.split(': ', 1)[-1])} | "
             f"{dash(s.repro.split(': ', 1)[-1])} | {dash(s.shrunk_tokens)} / {dash(s.repro_tokens)} / {dash(s.documented_tokens)} | "
             f"{dash(s.minimize_checks)}, {dash(s.minimize_seconds)} | {equal} |"

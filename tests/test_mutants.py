@@ -14,6 +14,7 @@ from hypothesis import settings
 
 from fuzzcache.cli import main
 from fuzzcache.contract import EngineConfig, Request
+from fuzzcache.known_bugs import KnownBug
 from fuzzcache.minimize import finding_of
 from fuzzcache.mutants import ZOO
 from fuzzcache.mutation_score import score_target, short_form_tokens
@@ -44,6 +45,24 @@ def test_fast_subset_is_killed_at_its_documented_trigger(tmp_path):
         assert score.equals_documented, f"{spec}: shrunk to {score.repro!r}, documented {m.triggers}"
         assert score.repro_tokens <= score.documented_tokens <= score.shrunk_tokens, score
         assert score.minimize_checks is not None and score.minimize_seconds is not None
+
+
+def explains_everything(scenario, finding) -> bool:
+    return True
+
+
+def test_a_finding_a_known_bug_claims_is_no_kill():
+    """A finding that one of the target's known bugs claims (fuzzcache.known_bugs) is the
+    engine's own, as in a fuzz run: the score lists the bug and the target survives."""
+    spec = FAST[0]
+
+    def make():
+        target = resolve_target(spec)
+        target.known_bugs = (KnownBug("planted-known", "claims every finding", explains=explains_everything),)
+        return target
+
+    score = score_target(spec, make, settings.get_profile("ci"), budget_s=10, mutant=ZOO[spec.removeprefix("mutant:")])
+    assert not score.fuzz_killed and score.known_bugs == ["planted-known"], score
 
 
 def trace_of(short: str) -> TraceScenario:

@@ -3,28 +3,32 @@ reaches every mapped path, and on one with each of the request lifecycle's paths
 abort before / during / after prefill, n continuations, the leak check); it refuses what it cannot
 run by naming the field, reuses engines without carrying state between calls, a bounded fuzz run
 (lifecycle drawn) finds nothing but the triaged upstream bug, and bugs planted in vLLM's own
-prefix-cache hashing, abort path and stop handling are caught.
+prefix-cache hashing, abort path and stop handling are caught. vLLM's known bugs claim their
+findings and nothing else; a hang says what is stuck.
 
 These run in the vLLM environment (.venv-vllm, the README's test command, second part): vLLM pins
 transformers below the hf extra's version."""
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 from hypothesis import Phase, settings
 
 from fuzzcache import EngineConfig, Request
 from fuzzcache.contract import LIFECYCLE
+from fuzzcache.corpus import load
 from fuzzcache.findings import Finding
+from fuzzcache.known_bugs import claim
 from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.properties.engine_level import check_trace
-from fuzzcache.runner import run_property
+from fuzzcache.runner import replay, run_property
 from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import resolve_target
 
-from bounded import assert_only_triaged_findings
+from bounded import CORPUS, assert_only_triaged_findings
 
 pytest.importorskip("vllm", reason="vllm:<arch> targets run in .venv-vllm (README: the test command's second part)")
 pytestmark = pytest.mark.vllm
@@ -190,3 +194,78 @@ def test_a_stop_bug_planted_in_vllms_scheduler_is_caught(vllm_llama):
         check_trace(resolve_target("fuzzcache.targets.vllm.planted:stop_not_trimmed"), scenario)
     assert past.value.kind == "contract" and past.value.details.get("what") == "past stop", past.value
     assert check_trace(vllm_llama, scenario)[0].tokens == [35, 29]  # vLLM as shipped trims the step at the stop token
+
+
+VLLM_CORPUS = sorted((CORPUS / "vllm:llama").rglob("*.json"))
+PAD_ASSERT_FILES = [p for p in VLLM_CORPUS if "vllm-spec-pad-clipped-by-threshold" in (load(p).triage or {}).get("known_bugs", [])]
+STARVED = TraceScenario((Request(0, tuple(range(1, 33)), 1), Request(1, tuple(range(1, 34)), 1)),
+                        EngineConfig(block_size=32, max_num_seqs=1, max_batch_tokens=1, prefix_cache=True, spec_k=1, draft="prompt_lookup"))
+
+
+def test_every_known_bug_of_vllm_has_its_writeup(vllm_llama):
+    assert {b.id for b in vllm_llama.known_bugs} == {"vllm-spec-pad-clipped-by-threshold", "vllm-spec-pad-starves-small-budget"}
+    for bug in vllm_llama.known_bugs:
+        assert (CORPUS / f"{bug.id}.md").exists(), bug.writeup
+
+
+def test_a_request_one_token_past_its_prefix_hit_starves_below_the_spec_budget(vllm_llama):
+    """corpus/vllm-spec-pad-starves-small-budget.md: with a budget below 1 + spec_k, request 1
+    (32 of its 33 tokens in the prefix cache) is padded to a spec-decode step that never fits and
+    never admitted: a hang whose message names the stuck request and the budget, claimed by the
+    known bug. The same requests finish without the prefix cache or with a budget of 1 + spec_k."""
+    with pytest.raises(Finding) as hang:
+        check_trace(vllm_llama, STARVED)
+    assert hang.value.kind == "hang", hang.value
+    message = hang.value.message
+    assert "1 of 2 continuations unfinished, the output processor awaits 1 request" in message, message
+    assert ("waiting: request 1 (33 tokens, 0 computed, 32 in the prefix cache, 1 to compute); running: none; "
+            "token budget 1 a step (max_num_batched_tokens), a speculative decode step takes 1 + 1 tokens") in message, message
+    assert claim(PROPERTIES["engine.trace"], vllm_llama, STARVED, hang.value).ids == ["vllm-spec-pad-starves-small-budget"]
+    for fine in (dataclasses.replace(STARVED.config, prefix_cache=False), dataclasses.replace(STARVED.config, max_batch_tokens=2)):
+        check_trace(vllm_llama, TraceScenario(STARVED.requests, fine))  # both finish and agree with the oracle
+
+
+@pytest.mark.parametrize("path", PAD_ASSERT_FILES, ids=lambda p: f"{p.parent.name}/{p.name[:14]}")
+def test_the_scheduler_assertion_corpus_is_claimed_by_its_known_bug(vllm_llama, path):
+    case = load(path)
+    finding = replay(case, vllm_llama)
+    assert finding is not None and finding.kind == "crash", finding
+    found = claim(PROPERTIES[case.property], vllm_llama, case.scenario, finding)
+    assert found is not None and found.ids == ["vllm-spec-pad-clipped-by-threshold"], (found, finding.message)
+
+
+def planted_crash(frame: str, code: str, error: str = "AssertionError") -> Finding:
+    """A crash finding whose traceback ends in ``frame`` (a site-packages path, line, function)."""
+    tb = f'Traceback (most recent call last):\n  File "/venv/lib/python3.11/site-packages/{frame}\n    {code}\n{error}\n'
+    return Finding("crash", f"vllm:llama.generate raised {error}: ", {"traceback": tb})
+
+
+PAD_SITE = 'vllm/v1/core/sched/scheduler.py", line 1372, in schedule'
+PAD_CODE = "assert num_new_tokens == 1 + self.num_spec_tokens"
+THRESHOLD = EngineConfig(block_size=32, chunk_size=1, spec_k=1, draft="prompt_lookup")
+
+
+@pytest.mark.parametrize("config,finding,claimed", [
+    (THRESHOLD, planted_crash(PAD_SITE, PAD_CODE), True),
+    (dataclasses.replace(THRESHOLD, chunk_size=2, spec_k=3), planted_crash(PAD_SITE, PAD_CODE), True),
+    (dataclasses.replace(THRESHOLD, chunk_size=2), planted_crash(PAD_SITE, PAD_CODE), False),  # 1 + k rows fit the threshold
+    (dataclasses.replace(THRESHOLD, chunk_size=None), planted_crash(PAD_SITE, PAD_CODE), False),
+    (dataclasses.replace(THRESHOLD, spec_k=0), planted_crash(PAD_SITE, PAD_CODE), False),
+    (THRESHOLD, planted_crash('vllm/v1/core/sched/scheduler.py", line 1405, in schedule', "assert total_num_scheduled_tokens <= self.max_num_scheduled_tokens"), False),
+    (THRESHOLD, planted_crash('vllm/v1/core/kv_cache_manager.py", line 1372, in schedule', PAD_CODE), False),
+    (THRESHOLD, planted_crash(PAD_SITE, PAD_CODE, error="RuntimeError"), False),
+    (STARVED.config, Finding("hang", "vllm:llama.generate made no progress within 60s", {"limit_s": 60.0}), False),  # not the stuck report
+    (dataclasses.replace(STARVED.config, max_batch_tokens=2), None, False),
+    (dataclasses.replace(STARVED.config, prefix_cache=False), None, False),
+], ids=["threshold-1-k-1", "threshold-2-k-3", "threshold-2-k-1", "no-threshold", "no-spec", "other-assert", "other-file",
+        "other-error", "hang-unknown-shape", "hang-budget-fits", "hang-no-prefix-cache"])
+def test_vllms_known_bugs_claim_only_their_trigger(vllm_llama, config, finding, claimed):
+    """Planted findings: a known bug claims its crash site on its config, and nothing at another
+    site, with another error or on a config its write-up rules out (None: the starved hang's
+    own message on another config)."""
+    if finding is None:
+        finding = Finding("hang", "vllm:llama.generate: vLLM made no progress (nothing scheduled in the last 32 steps): 1 of 2 "
+                          "continuations unfinished, the output processor awaits 1 request; vLLM's scheduler holds: waiting: request 1 "
+                          "(33 tokens, 0 computed, 32 in the prefix cache, 1 to compute); running: none; token budget 1 a step", {"limit_s": 60.0})
+    found = claim(PROPERTIES["engine.trace"], vllm_llama, TraceScenario(STARVED.requests, config), finding)
+    assert (found is not None) == claimed, found

@@ -104,10 +104,13 @@ def scheduler_config_for(config: EngineConfig, engine_config, max_model_len: int
     if config.max_num_seqs > MAX_NUM_SEQS:
         raise ValueError(f"EngineConfig.max_num_seqs={config.max_num_seqs}: this target's engines run at most {MAX_NUM_SEQS}")
     budget = config.max_batch_tokens if config.max_batch_tokens is not None else engine_config.max_num_batched_tokens
+    # A speculative engine's VllmConfig sets max_num_scheduled_tokens from its budget (less the
+    # drafting slots, none for n-gram): so does the call's, or vLLM would schedule by the engine's.
+    scheduled = None if engine_config.max_num_scheduled_tokens is None else budget
     try:
         return dataclasses.replace(
             engine_config, max_model_len=max_model_len, is_encoder_decoder=False,
-            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget,
+            max_num_seqs=config.max_num_seqs, max_num_batched_tokens=budget, max_num_scheduled_tokens=scheduled,
             long_prefill_token_threshold=config.chunk_size or 0, long_prefill_token_threshold_adaptive=False,
         )
     except ValueError as exc:  # vLLM's own rule, e.g. a token budget below max_num_seqs

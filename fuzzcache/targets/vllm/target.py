@@ -7,7 +7,10 @@ EngineConfig            vLLM
 ======================  ===========================================================================
 requests, arrivals      ``LLMEngine.add_request`` before the engine step numbered ``arrival``;
                         ``LLMEngine.step`` until every request finished (greedy: temperature 0,
-                        ``ignore_eos``, ``max_tokens`` = max_new_tokens, token ids in and out)
+                        ``ignore_eos``, ``max_tokens`` = max_new_tokens, token ids in and out).
+                        A hang (``TimeoutError``): STALL_STEPS steps in a row that change no
+                        request with no arrival or abort due, or too many steps; its message
+                        names where each unfinished request sits (``stuck_report``)
 ``block_size``          ``block_size`` (32 or 64: the CPU attention kernel's multiples of 32)
 ``num_blocks``          the block pool: ``num_gpu_blocks`` = num_blocks + 1 (vLLM's null block);
                         None = room for every request at full length. A full pool preempts.
@@ -66,6 +69,7 @@ from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, v
 from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
 from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
+from fuzzcache.targets.vllm.known_bugs import KNOWN_BUGS
 
 ARCHITECTURES = ("llama", "qwen2")
 MAX_SEQ_LEN = 256
@@ -75,6 +79,9 @@ MAX_SPEC_K = 4  # and at most this many drafts per step
 FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"})
 # Measured (README, "vLLM"): log-probs within 1.2e-4 of the oracle's over 744 drawn requests (llama), 8.3e-5 (qwen2).
 TOLERANCE = Tolerance(tie=1e-3, logits=1e-3)
+# Steps in a row in which vLLM changed no request (nothing scheduled) with no arrival or abort due:
+# the scheduler decides from its state alone, so it will not schedule anything later either (a hang).
+STALL_STEPS = 32
 
 
 class VLLMTarget:
@@ -84,6 +91,7 @@ class VLLMTarget:
     block_sizes = BLOCK_SIZES  # strategies draw block sizes from these
     drafts = ("prompt_lookup",)
     budget_covers_seqs = True  # vLLM refuses max_num_batched_tokens < max_num_seqs
+    known_bugs = KNOWN_BUGS  # triaged upstream bugs: their findings are claimed, not failures (corpus/<id>.md)
     tolerance = TOLERANCE
     vocab_size = VOCAB_SIZE
     max_seq_len = MAX_SEQ_LEN
@@ -198,7 +206,8 @@ class VLLMTarget:
         latest: dict[tuple[int, int], tuple[object, int]] = {}  # (rid, index) -> last CompletionOutput (cumulative), cached tokens
         phases: dict[tuple[int, int], int] = {}
         max_steps = 4 * sum(len(r.prompt) + r.n * r.max_new_tokens for r in requests) + max(r.arrival for r in requests) + 64
-        step = 0
+        step = idle = 0
+        state = progress(scheduler)
         while pending or engine.has_unfinished_requests():
             while pending and pending[0].arrival <= step:
                 r = pending.pop(0)
@@ -216,10 +225,12 @@ class VLLMTarget:
                 for sample in out.outputs:
                     latest[(rid, first + sample.index)] = (sample, out.num_cached_tokens or 0)
             step += 1
-            if step > max_steps:
+            before, state = state, progress(scheduler)
+            idle = idle + 1 if state == before and not pending and not aborting else 0  # nothing scheduled, nothing due
+            if idle >= STALL_STEPS or step > max_steps:
+                stuck = stuck_report(engine, scheduler, children, step, idle)  # before the abort finishes them all
                 engine.abort_request(list(slot))
-                raise TimeoutError(f"vLLM did not finish {sum(not c.is_finished() for cs in children.values() for c in cs)} of "
-                                   f"{sum(r.n for r in requests)} continuations in {max_steps} steps")
+                raise TimeoutError(stuck)
         self.last_pool = pool_account(scheduler)  # every request ended, as its client sees it
         for _ in range(max_steps):  # tell the model runner about the last finished requests
             if not scheduler.has_requests():
@@ -255,6 +266,46 @@ class VLLMTarget:
         if abort_phase:
             stats["abort_phase"] = abort_phase
         return Completion(request.rid, list(sample.token_ids) if sample is not None else [], logits, stats)
+
+
+def progress(scheduler) -> tuple:
+    """What a step changes when vLLM makes progress: each request the scheduler holds, its status
+    and computed and output tokens (a finished request leaves ``scheduler.requests``)."""
+    return tuple((r.request_id, r.status, r.num_computed_tokens, r.num_output_tokens) for r in scheduler.requests.values())
+
+
+def stuck_report(engine, scheduler, children: dict[int, list], steps: int, idle: int) -> str:
+    """Where vLLM is stuck, read before the target aborts its requests: the unfinished
+    continuations, the scheduler queue each sits in (tokens, computed tokens, and for a waiting
+    request the prefix-cache hit its admission would find), the token budget a step has, and
+    what the output processor (the client's side) still awaits."""
+    names = {id(c): f"request {rid}" + (f" continuation {i}" if len(cs) > 1 else "") for rid, cs in children.items() for i, c in enumerate(cs)}
+    unfinished = [c for cs in children.values() for c in cs if not c.is_finished()]
+    cache = scheduler.kv_cache_manager
+
+    def describe(r) -> str:
+        name = names.get(id(r), r.request_id)
+        status = "" if r.status.name in ("WAITING", "RUNNING") else f"{r.status.name}, "
+        text = f"{name} ({status}{r.num_tokens} tokens, {r.num_computed_tokens} computed"
+        if r in waiting and r.num_computed_tokens == 0 and scheduler.cache_config.enable_prefix_caching:
+            hit = cache.get_computed_blocks(r)[1]  # what admission finds (no side effect: a lookup)
+            text += f", {hit} in the prefix cache, {r.num_tokens - hit} to compute"
+        return text + ")"
+
+    waiting = [*scheduler.kv_holding_waiting, *scheduler.waiting]
+    queues = "; ".join(f"{queue}: {', '.join(map(describe, reqs)) or 'none'}" for queue, reqs in (("waiting", waiting), ("running", scheduler.running)))
+    config = scheduler.scheduler_config
+    budget = f"token budget {config.max_num_batched_tokens} a step (max_num_batched_tokens)"
+    if config.long_prefill_token_threshold:
+        budget += f", at most {config.long_prefill_token_threshold} prompt tokens a request (long_prefill_token_threshold)"
+    if scheduler.num_spec_tokens:
+        budget += f", a speculative decode step takes 1 + {scheduler.num_spec_tokens} tokens"
+    total = sum(len(cs) for cs in children.values())
+    when = f"nothing scheduled in the last {idle} steps" if idle else f"still running after {steps} steps"
+    awaited = engine.output_processor.get_num_unfinished_requests()
+    held = "vLLM's scheduler holds" if any(r.request_id in scheduler.requests for r in unfinished) else "vLLM's scheduler holds none of them"
+    return (f"vLLM made no progress ({when}): {len(unfinished)} of {total} continuations unfinished, "
+            f"the output processor awaits {awaited} request{'s' if awaited != 1 else ''}; {held}: {queues}; {budget}")
 
 
 def pool_account(scheduler) -> PoolAccount:
