@@ -5,13 +5,18 @@ upstream bugs, and planted bugs in wrapped transformers paths are caught and shr
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
 
 from fuzzcache import EngineConfig, Request
+from fuzzcache.corpus import load
+from fuzzcache.findings import Finding
+from fuzzcache.known_bugs import claim
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import run_property
 from fuzzcache.scenario import TraceScenario
@@ -352,3 +357,26 @@ def test_planted_lifecycle_bug_in_continuous_batching_is_caught(planted, kind, t
     else:
         assert shrunk.requests[0].stop
     PROPERTIES["engine.trace"].check(resolve_target("hf:llama"), shrunk)  # the correct target passes the shrunk case
+
+
+TRIAGED = sorted(p for p in (Path(__file__).parent.parent / "corpus").glob("hf:*/*/*.json")
+                 if any(bug.id in json.loads(p.read_text()).get("triage", {}).get("writeup", "") for bug in HFTarget.known_bugs))
+
+
+@pytest.mark.parametrize("path", TRIAGED, ids=[f"{p.parent.parent.name}/{p.parent.name}/{p.stem[6:14]}" for p in TRIAGED])
+def test_each_triaged_repro_is_claimed_by_the_known_bug_its_write_up_names(path):
+    """The known bugs' predicates (fuzzcache/targets/hf/known_bugs.py) on each hand-triaged file,
+    as its finding was saved; another kind, or the trigger without the bug's request shape, is
+    not claimed."""
+    case = load(path)
+    (bug,) = [b for b in HFTarget.known_bugs if b.id in case.triage["writeup"]]
+    finding = Finding(case.kind, case.message)
+    assert claim(PROPERTIES[case.property], HFTarget, case.scenario, finding).ids == [bug.id]
+    assert claim(PROPERTIES[case.property], HFTarget, case.scenario, Finding("mismatch", case.message)) is None
+    plain = dataclasses.replace(case.scenario, requests=tuple(dataclasses.replace(r, n=1, abort_at=None) for r in case.scenario.requests))
+    assert claim(PROPERTIES[case.property], HFTarget, plain, finding) is None
+
+
+def test_the_known_bugs_claim_their_files():
+    assert {b.id for b in HFTarget.known_bugs} == {"hf-fork-one-token-prompt", "hf-cancel-after-soft-reset-hang"}
+    assert len(TRIAGED) >= 19

@@ -11,6 +11,10 @@ from fuzzcache import EngineConfig, Request, resolve_target
 from fuzzcache.contract import min_blocks_for
 from fuzzcache.oracle import greedy_continuation
 
+# the last test reads what the grid's tests recorded: under pytest-xdist (--dist loadgroup) the
+# whole module runs in one worker, in order
+pytestmark = pytest.mark.xdist_group("reference_grid")
+
 SHARED = (11, 12, 13, 14, 15, 16, 17, 18, 19)  # two full blocks of 4 plus one token
 
 

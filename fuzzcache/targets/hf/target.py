@@ -49,6 +49,7 @@ import torch
 
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests, with_forks
 from fuzzcache.targets.hf.continuous import stepped_generate
+from fuzzcache.targets.hf.known_bugs import KNOWN_BUGS
 from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, quiet_transformers, tiny_model
 
 PATHS = ("single", "batched", "static", "continuous", "speculative")
@@ -73,6 +74,7 @@ class HFTarget:
     runs on each continuous-batching engine before its first step (planted bugs set them)."""
 
     features = FEATURES
+    known_bugs = KNOWN_BUGS  # triaged transformers bugs: their new shapes are claimed, not failures (corpus/<id>.md)
     min_block_size = MIN_PAGE_SIZE  # strategies draw block sizes from here up
     exclusive_features = frozenset({"speculative"})  # assisted generation runs without the paged engine: drafts come alone
     engine_hook = None
