@@ -171,9 +171,11 @@ def test_a_shift_range_bug_planted_in_the_memory_wrapper_is_caught_and_shrunk(tm
 MEMORY_CORPUS = sorted((CORPUS / "llamacpp:llama" / "surgery.memory").glob("*.json"))
 
 
-def triaged_bug(path) -> str:
-    """The write-up a triaged repro names: "corpus/<id>.md" in its triage.writeup (by hand or by a claim)."""
-    return re.search(r"corpus/([\w-]+)\.md", load(path).triage["writeup"]).group(1)
+def triaged_bugs(path) -> list[str]:
+    """The bugs a triaged repro names: a claim's ``known_bugs``, else the write-up its hand triage
+    names ("corpus/<id>.md" in triage.writeup)."""
+    triage = load(path).triage
+    return triage.get("known_bugs") or [re.search(r"corpus/([\w-]+)\.md", triage["writeup"]).group(1)]
 
 
 def agrees_modelling(target, scenario, modeled) -> bool:
@@ -186,7 +188,7 @@ def agrees_modelling(target, scenario, modeled) -> bool:
 
 def test_each_memory_writeup_is_a_known_bug_the_oracle_models():
     bugs = target_for("llamacpp:llama").known_bugs  # read through the worker process, as a campaign does
-    assert sorted(b.id for b in bugs) == sorted({triaged_bug(path) for path in MEMORY_CORPUS}) == [
+    assert sorted(b.id for b in bugs) == sorted({bug for path in MEMORY_CORPUS for bug in triaged_bugs(path)}) == [
         "llamacpp-seq-div-shift-sign", "llamacpp-shared-cells-move", "llamacpp-state-restore-empty", "llamacpp-state-save-pending-shift"]
     for bug in bugs:
         assert (CORPUS / f"{bug.id}.md").exists() and bug.modeled in BUGS and bug.properties == ("surgery.memory",)
@@ -194,15 +196,18 @@ def test_each_memory_writeup_is_a_known_bug_the_oracle_models():
 
 @pytest.mark.parametrize("path", MEMORY_CORPUS, ids=[p.stem[6:14] for p in MEMORY_CORPUS])
 def test_each_triaged_memory_repro_is_claimed_by_the_bug_its_triage_names(path):
-    """Replayed, a triaged repro (28 by hand, one claimed in a campaign) still fails and ``known_bugs.claim`` names the bug of its
-    triage; the oracle passes it modelling that bug and fails it modelling any other one alone
-    (the write-ups' shapes do not overlap)."""
-    target, case = target_for("llamacpp:llama"), load(path)
+    """Replayed, a triaged repro (28 by hand, the rest claimed in campaigns) still fails and
+    ``known_bugs.claim`` names the bugs of its triage; the oracle passes it modelling that bug and
+    fails it modelling any other one alone (the write-ups' shapes do not overlap); a repro two bugs
+    explain together passes modelling both and neither alone."""
+    target, case, named = target_for("llamacpp:llama"), load(path), triaged_bugs(path)
     finding = replay(case, target)
     assert finding is not None and finding.kind == "mismatch", finding
     found_by = claim(PROPERTIES["surgery.memory"], target, case.scenario, finding)
-    assert found_by is not None and found_by.ids == [triaged_bug(path)], found_by
-    assert [b.id for b in target.known_bugs if agrees_modelling(target, case.scenario, {b.modeled})] == [triaged_bug(path)]
+    assert found_by is not None and found_by.ids == named, found_by
+    alone = [b.id for b in target.known_bugs if agrees_modelling(target, case.scenario, {b.modeled})]
+    assert alone == (named if len(named) == 1 else [])
+    assert agrees_modelling(target, case.scenario, {b.modeled for b in target.known_bugs if b.id in named})
 
 
 def test_a_new_shape_of_the_seq_div_bug_is_claimed():
