@@ -23,7 +23,7 @@ from fuzzcache.coverage import reached
 from fuzzcache.database import ReadOnlyOnceStopped
 from fuzzcache.findings import Finding, signature
 from fuzzcache.minimize import MAX_CHECKS, Minimized, minimize
-from fuzzcache.properties import Property
+from fuzzcache.properties import Property, get
 from fuzzcache.stopping import STOP_SIGNALS, stops_the_run
 
 RERUNS = 2
@@ -272,7 +272,10 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
         path, new = corpus.save(corpus_dir, target_spec, prop.id, scenario, finding, options,
                                 shrunk_scenario=shrunk if result else None, minimized=result.record() if result else None,
                                 triage=found_by.triage() if found_by else None)
-    triage = found_by.triage()["classification"] if found_by else None if new or path is None else _classification(path)
+    if found_by is not None:
+        triage = found_by.triage()["classification"]
+    else:
+        triage = None if new or path is None else _classification(path)
     return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result,
                  frozenset({first, signature(prop.id, finding)}), found_by.ids if found_by else [])
 
@@ -316,6 +319,4 @@ def replay(case: corpus.Case, target=None, isolate: bool | None = None) -> Findi
 
 def claimed_on_replay(case: corpus.Case, target, finding: Finding) -> "known_bugs.Claim | None":
     """The known bugs of ``target`` that explain a replayed, untriaged case's ``finding``."""
-    from fuzzcache.properties import get
-
     return known_bugs.claim(get(case.property), target, case.scenario, finding)
