@@ -66,8 +66,8 @@ def main() -> None:
 @stopped_by_signals
 def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers, isolate) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure that no triage or known
-    bug explains was saved (fuzzcache.known_bugs), 2 when a
-    worker failed."""
+    bug explains was saved (fuzzcache.known_bugs), 2 when a worker failed. SIGTERM stops it as
+    Ctrl-C does (fuzzcache.stopping)."""
     from fuzzcache import guard
     from fuzzcache.campaign import live_display, parse_budget, print_report, run_campaign, write_reports
     from fuzzcache.isolation import IsolatedTarget
