@@ -6,6 +6,7 @@ worker (the parent passes SIGTERM on: fuzzcache.stopping); each saves what it fo
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue as queues
@@ -78,7 +79,8 @@ def run_workers(spec: str, options: dict, property_ids: list[str], workers: int,
             interrupted, deadline = True, time.monotonic() + WIND_DOWN_S
             for p in procs:
                 if p.is_alive():
-                    os.kill(p.pid, signal.SIGTERM)  # a worker stops once, whatever number of signals it gets
+                    with contextlib.suppress(ProcessLookupError):  # it may end in between
+                        os.kill(p.pid, signal.SIGTERM)  # a worker stops once, whatever number of signals it gets
             continue
         if kind == "progress":
             rows[index] = payload
