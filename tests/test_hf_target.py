@@ -370,13 +370,21 @@ def test_each_triaged_repro_is_claimed_by_the_known_bug_its_write_up_names(path)
     not claimed."""
     case = load(path)
     (bug,) = [b for b in HFTarget.known_bugs if b.id in case.triage["writeup"]]
-    finding = Finding(case.kind, case.message)
-    assert claim(PROPERTIES[case.property], HFTarget, case.scenario, finding).ids == [bug.id]
-    assert claim(PROPERTIES[case.property], HFTarget, case.scenario, Finding("mismatch", case.message)) is None
-    plain = dataclasses.replace(case.scenario, requests=tuple(dataclasses.replace(r, n=1, abort_at=None) for r in case.scenario.requests))
-    assert claim(PROPERTIES[case.property], HFTarget, plain, finding) is None
+    finding, prop = Finding(case.kind, case.message), PROPERTIES[case.property]
+    assert claim(prop, HFTarget, case.scenario, finding).ids == [bug.id]
+    assert claim(prop, HFTarget, case.scenario, Finding("crash" if case.kind != "crash" else "mismatch", case.message)) is None
+    assert claim(prop, HFTarget, without_trigger(case.scenario), finding) is None
+
+
+def without_trigger(scenario):
+    """The scenario without the request shape each bug needs: no fork nor abort in a trace; two
+    new tokens per request (a request no longer finishes in its prefill forward) for prefix.hit."""
+    if hasattr(scenario, "requests"):
+        return dataclasses.replace(scenario, requests=tuple(dataclasses.replace(r, n=1, abort_at=None) for r in scenario.requests))
+    return dataclasses.replace(scenario, max_new_tokens=2)
 
 
 def test_the_known_bugs_claim_their_files():
-    assert {b.id for b in HFTarget.known_bugs} == {"hf-fork-one-token-prompt", "hf-cancel-after-soft-reset-hang"}
-    assert len(TRIAGED) >= 19
+    assert {b.id for b in HFTarget.known_bugs} == {"hf-fork-one-token-prompt", "hf-cancel-after-soft-reset-hang",
+                                                   "hf-prefix-blocks-unregistered-on-finish"}
+    assert len(TRIAGED) >= 22 and all((Path(__file__).parent.parent / f"corpus/{b.id}.md").exists() for b in HFTarget.known_bugs)

@@ -5,10 +5,13 @@ pickled)."""
 
 from __future__ import annotations
 
+import re
+
 from fuzzcache.findings import Finding
 from fuzzcache.known_bugs import KnownBug
 
 ZERO_TOKEN_QUERY = "cannot reshape tensor of 0 elements"  # the attention's view of an empty query
+MISSED_HIT = re.compile(r"cached_prefix_tokens=0, but it shares \d+ tokens of committed full blocks")  # prefix.hit's words
 
 
 def fork_of_one_token_prompt(scenario, finding: Finding) -> bool:
@@ -24,6 +27,12 @@ def cancel_after_soft_reset(scenario, finding: Finding) -> bool:
             and "made no progress" in finding.message)
 
 
+def finished_before_blocks_registered(scenario, finding: Finding) -> bool:
+    """A complete prefix-cache miss where full blocks were shared, with one new token per request:
+    each request finishes in its prefill forward, before its blocks are registered for sharing."""
+    return scenario.max_new_tokens == 1 and MISSED_HIT.search(finding.message) is not None
+
+
 KNOWN_BUGS = (
     KnownBug(
         id="hf-fork-one-token-prompt",
@@ -36,5 +45,11 @@ KNOWN_BUGS = (
         summary="a cancelled request never clears scheduler.block_new_requests, set by a soft reset: "
                 "if it was the last active one, nothing is scheduled again",
         kinds=("hang",), explains=cancel_after_soft_reset,
+    ),
+    KnownBug(
+        id="hf-prefix-blocks-unregistered-on-finish",
+        summary="ContinuousBatchProcessor.update_batch marks a request FINISHED before mark_complete_blocks, which skips "
+                "FINISHED requests: blocks completed by a request's last forward are never shared (performance)",
+        properties=("prefix.hit",), kinds=("mismatch",), explains=finished_before_blocks_registered,
     ),
 )
