@@ -304,7 +304,6 @@ def replay(case: corpus.Case, target=None, isolate: bool | None = None) -> Findi
     """Run a saved case again; the finding if it still fails, None if the target now agrees.
     ``isolate`` as ``resolve_target``'s, when ``target`` is not given."""
     from fuzzcache.guard import Unsupported
-    from fuzzcache.properties import get
     from fuzzcache.targets import resolve_target
 
     target = target if target is not None else resolve_target(case.target, **case.target_options, isolate=isolate)
