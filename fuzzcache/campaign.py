@@ -59,6 +59,7 @@ class CampaignResult:
     totals: dict[str, PropertyTotals]
     seconds: float
     interrupted: bool
+    server: dict | None = None  # a server target's own account (``target.report()``): requests/s, start-ups
 
     @property
     def findings(self) -> list[Saved]:
@@ -124,33 +125,51 @@ def run_campaign(
     time; cycles repeat with fresh seeds. Keep going: after a finding a property searches on,
     passing over failures with a signature it already found (one file per distinct failure;
     one already in the corpus, triaged or not, is reported and passed over too). A property
-    whose run could not complete is done. ``progress`` is told after every example."""
+    whose run could not complete is done. ``progress`` is told after every example.
+
+    A target that runs one config at a time (a managed server: ``config_shards``, a name ->
+    EngineConfig mapping, and ``use_config``) gets an equal share of the budget per config, in
+    turn; a config whose server does not start is reported as every property's error."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
     database = database if database is not None else base_settings.database
     database = KeepingFailures(database) if database is not None else None  # keep-going must not evict failures
     start = time.monotonic()
     interrupted = False
     tick = (lambda: progress(rows_of(totals), time.monotonic() - start)) if progress else (lambda: None)  # noqa: E731
+    shards = list((getattr(target, "config_shards", None) or {}).items()) or [(None, None)]
     try:
         active = list(properties)
         s = Settings(base_settings, database=database, derandomize=False)
-        while active and time.monotonic() - start < budget_s:
-            cycle = list(active)
-            for i, prop in enumerate(cycle):
-                remaining = budget_s - (time.monotonic() - start)
-                if remaining <= 0:
-                    break
-                stop_at = time.monotonic() + remaining / (len(cycle) - i)
-                run = run_property(prop, target, target_spec, s, corpus_dir, on_example=tick, stop_at=stop_at, known=totals[prop.id].known)
-                totals[prop.id].add(run)
-                if run.error:
-                    active.remove(prop)
-                tick()
+        for n, (name, config) in enumerate(shards):
+            shard_end = time.monotonic() + (budget_s - (time.monotonic() - start)) / (len(shards) - n)  # a start-up counts in its shard
+            if config is not None:
+                try:
+                    target.use_config(config)
+                except Exception as exc:  # noqa: BLE001 - the next config may start
+                    for t in totals.values():
+                        t.errors.append(f"server config {name!r} did not start: {exc}")
+                    continue
+            shard_active = list(active)
+            while shard_active and time.monotonic() < shard_end:
+                cycle = list(shard_active)
+                for i, prop in enumerate(cycle):
+                    remaining = shard_end - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    stop_at = time.monotonic() + remaining / (len(cycle) - i)
+                    run = run_property(prop, target, target_spec, s, corpus_dir, on_example=tick, stop_at=stop_at, known=totals[prop.id].known)
+                    totals[prop.id].add(run)
+                    if run.error:
+                        shard_active.remove(prop)
+                        if config is None:
+                            active.remove(prop)
+                    tick()
     except KeyboardInterrupt as exc:
         interrupted = True
         if isinstance(exc, Interrupted):  # what the interrupted property found is saved; report it
             totals[exc.run.property].add(exc.run)
-    return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted)
+    server = target.report() if callable(getattr(target, "report", None)) else None
+    return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted, server)
 
 
 def print_report(result: CampaignResult, console: Console) -> None:
@@ -162,6 +181,11 @@ def print_report(result: CampaignResult, console: Console) -> None:
         status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} distinct failure(s)" if t.found else "ok")
         table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status)
     console.print(table)
+    if result.server:
+        s = result.server
+        starts = ", ".join(f"{x['config']} {x['seconds']:.0f}s" for x in s.get("starts", []))
+        console.print(f"server: {s['url']}: {s['requests']} requests in {s['trace_seconds']:.0f}s of traces ({s['requests_per_s'] or 0:.1f} requests/s)"
+                      + (f"; started for {starts}" if starts else ""), markup=False, highlight=False)
     console.print("[bold]paths reached[/] (examples that reached each path; a path missing here was never exercised)")
     for t in result.totals.values():
         paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())) or "(no path events)"
@@ -207,6 +231,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
         "target": result.target,
         "seconds": round(result.seconds, 2),
         "interrupted": result.interrupted,
+        "server": result.server,
         "properties": {
             t.property: {
                 "examples": t.examples,

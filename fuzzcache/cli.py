@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
             sys.exit(0)
     workers = min(workers or cores(), len(applicable))
     errors: list[str] = []
-    with live_display(console, target_spec, budget_s) as show:
+    with live_display(console, target_spec, budget_s) as show, closing_target(target):
         if workers > 1:
             if isinstance(target, IsolatedTarget):
                 target.close()  # each worker builds its own, with a worker process of its own
@@ -114,6 +115,17 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     json_path, junit_path = write_reports(result, report_dir)
     console.print(f"reports: {json_path} {junit_path}")
     sys.exit(1 if result.untriaged_findings else 2 if errors else 0)
+
+
+@contextmanager
+def closing_target(target):
+    """The target's ``close`` (a worker process, a server fuzzcache started) on every way out."""
+    try:
+        yield target
+    finally:
+        close = getattr(target, "close", None)
+        if callable(close):
+            close()
 
 
 def cores() -> int:

@@ -57,7 +57,7 @@ def case_hash(target: str, property_id: str, scenario: Any, target_options: dict
 
 
 def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path:
-    return Path(corpus_dir) / target / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
+    return Path(corpus_dir) / target.replace("://", "-").replace("/", "-") / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
 
 
 def find(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path | None:

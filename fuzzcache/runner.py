@@ -75,11 +75,16 @@ class PropertyRun:
 
 def confirmed(prop: Property, target, scenario, first: Finding) -> Finding:
     """Rerun a failing scenario: the finding if it fails the same way every time, else a
-    ``nondeterministic`` finding (a target that disagrees with itself)."""
+    ``nondeterministic`` finding (a target that disagrees with itself). A target whose traces
+    depend on timing (``timing_dependent``, e.g. a server under concurrent requests) is rerun its
+    own ``reruns`` times: the finding if it failed the same way again at least once, recording
+    how often (``details["reproduced"]``), else ``nondeterministic``."""
     outcomes = []
+    timing = bool(getattr(target, "timing_dependent", False))
+    reruns = getattr(target, "reruns", RERUNS) if timing else RERUNS
     coverage.muted = True
     try:
-        for _ in range(RERUNS):
+        for _ in range(reruns):
             try:
                 prop.check(target, scenario)
                 outcomes.append(None)
@@ -87,8 +92,12 @@ def confirmed(prop: Property, target, scenario, first: Finding) -> Finding:
                 outcomes.append(again.kind)
     finally:
         coverage.muted = False
-    if any(kind != first.kind for kind in outcomes):
-        return Finding("nondeterministic", f"the same input gave {[first.kind, *outcomes]} on {1 + RERUNS} runs; first: {first.message}", first.details)
+    again = sum(kind == first.kind for kind in outcomes)
+    if timing and again:
+        first.details["reproduced"] = f"{1 + again} of {1 + reruns} runs"
+        return first
+    if again < len(outcomes):
+        return Finding("nondeterministic", f"the same input gave {[first.kind, *outcomes]} on {1 + reruns} runs; first: {first.message}", first.details)
     return first
 
 

@@ -185,11 +185,12 @@ def request_trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario
     values toward 0; fewer tokens traded for a later start or smaller blocks; finally rids
     renumbered 0..n-1. A pool limit follows what the requests need (``with_pool``)."""
     reqs = s.requests
+    fixed = getattr(target, "fixed_config", None) is not None  # a server's flags: another config is a restart
     for fewer in fewer_tokens(reqs):
         yield from with_pool(s, fewer, s.config)
-    for config in config_variants(s.config, target):
+    for config in () if fixed else config_variants(s.config, target):
         yield from with_pool(s, reqs, config)
-    if pool_cost(s) > 1:
+    if pool_cost(s) > 1 and not fixed:
         yield dataclasses.replace(s, config=dataclasses.replace(s.config, num_blocks=min_pool(reqs, s.config)))
     yield from lifecycle_reductions(s)
     first = min(r.arrival for r in reqs)
@@ -208,7 +209,8 @@ def request_trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario
     # a batch limit or a smaller block gives back.
     for fewer in fewer_tokens(reqs):
         for requests, config in traded(fewer, s.config, target):
-            yield from with_pool(s, requests, config)
+            if not fixed or config == s.config:
+                yield from with_pool(s, requests, config)
     if [r.rid for r in reqs] != list(range(len(reqs))):
         renamed = {r.rid: i for i, r in enumerate(reqs)}
         yield Reduced(dataclasses.replace(s, requests=tuple(dataclasses.replace(r, rid=i) for i, r in enumerate(reqs))), renamed)

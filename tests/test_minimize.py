@@ -201,7 +201,7 @@ def test_ctrl_c_while_minimizing_keeps_the_best_so_far():
 def test_the_minimizer_never_runs_on_a_passing_example(monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "minimize", lambda *a, **kw: calls.append(a) or pytest.fail("minimize on a passing run"))
-    run = runner.run_property(TRACE, resolve_target("reference"), "reference", settings(max_examples=15, database=None), None)
+    run = runner.run_property(TRACE, resolve_target("reference"), "reference", settings(max_examples=15, database=None, deadline=None), None)
     assert run.examples >= 15 and not run.found and not calls
 
 

@@ -101,7 +101,7 @@ def note_paths(target, scenario: TraceScenario, completions: list) -> None:
     total = lambda key: sum(s.get(key, 0) for s in stats)  # noqa: E731
     if total("cached_prefix_tokens") > 0:
         reached("prefix hit")
-    if total("preemptions") > 0:
+    if total("preemptions") > 0 or engine.get("preemptions", 0) > 0:
         reached("preemption")
     if engine.get("evictions", 0) > 0:
         reached("eviction")
@@ -146,7 +146,11 @@ def note_lifecycle(scenario: TraceScenario, completions: list) -> None:
 
 
 def oracle_rows(target, prompt, tokens) -> torch.Tensor:
-    """One oracle forward over prompt + tokens: the rows (n, V) that chose each token."""
+    """One oracle forward over prompt + tokens: the rows (n, V) that chose each token (a target's
+    own ``reference_rows(prompt, tokens)`` where it has one, e.g. a server's recompute)."""
+    rows = getattr(target, "reference_rows", None)
+    if rows is not None:
+        return call_target(f"{target.name}.reference_rows", rows, prompt, tokens).float()
     full = call_target(f"{target.name}.reference_logits", target.reference_logits, list(prompt) + list(tokens))
     return full[len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
 

@@ -24,6 +24,9 @@ FAMILIES = {
     "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (HF transformers: llama, llama-dynamic, mistral, qwen2, phi)"),
     "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget",
              "vllm:<arch> (llama, qwen2; needs the vllm extra; cannot express interleave, max_new_tokens=0)"),
+    "vllm-server": ("fuzzcache.targets.serve.target", "VLLMServerTarget",
+                    "vllm-server:<arch>[+hf-oracle] (vLLM's OpenAI-compatible server, started by fuzzcache) or vllm-server:http://HOST:PORT "
+                    "(a running one); needs httpx (the serve extra), and the vllm extra to start one"),
     "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
                  "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
 }

@@ -1,0 +1,456 @@
+"""A running server as a target: ``vllm-server:<arch>`` (managed: fuzzcache writes the tiny
+``arch`` model, starts vLLM's OpenAI-compatible server on it and stops it) and
+``vllm-server:http://HOST:PORT`` (attached: a server someone else started, any model, any
+hardware). The contract is driven over HTTP (``fuzzcache.targets.serve.driver``):
+
+========================  =========================================================================
+contract                  server target
+========================  =========================================================================
+``arrival``               wall clock: the request is sent ``arrival`` x TICK_S after the trace starts
+``abort_at``              the client closes the stream after ``abort_at - arrival`` tokens arrived
+                          (0: before its first token); vLLM aborts the request on the disconnect
+``n`` > 1                 n streamed requests of the same prompt, sent together (vLLM refuses
+                          greedy ``n`` > 1)
+EngineConfig              the server's own flags (``fixed_config``): a managed server is started
+                          with a config's flags (``vllm.server_flags``) and restarted for another
+                          config; a campaign walks ``config_shards``; an attached server runs
+                          the config it was started with (read from its metrics)
+oracle                    the server's own uncached recompute (``prompt_logprobs``); managed, with
+                          ``+hf-oracle``: one HF forward over the same weights
+``last_pool``             KV blocks in use once every request ended, from ``/metrics``
+                          (``kv_cache_usage_perc`` x blocks): a leak when they do not return
+========================  =========================================================================
+
+Each trace starts on an empty prefix cache: a managed server's is reset (``/reset_prefix_cache``,
+vLLM's dev-mode route); an attached server's requests carry a salt of their own per trace
+(``cache_salt``), so neither another client's requests nor an earlier trace decide a hit.
+
+A trace mixes concurrency and wall-clock timing, so it is not exactly repeatable
+(``timing_dependent``): the runner re-runs a failing trace ``reruns`` times and records how often
+it reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+import time
+import uuid
+from typing import Sequence
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import torch
+
+from fuzzcache.compare import TOLERANCES, Tolerance
+from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, validate_requests, with_forks
+from fuzzcache.coverage import reached
+from fuzzcache.findings import Finding
+from fuzzcache.targets.serve import vllm as dialect
+from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
+from fuzzcache.targets.serve.managed import ManagedServer, ServerFailed, free_port
+
+TICK_S = 0.02  # wall-clock seconds per contract step of arrival
+DEADLINE_S = 45.0  # a trace's requests all end within this (the guard's hang limit is 60 s)
+IDLE_WAIT_S = 3.0  # after a trace: how long the server may take to free what it held
+ARCHITECTURES = ("llama", "qwen2")
+MAX_MODEL_LEN = 256
+# Measured (README, "Fuzz your deployment"): the managed CPU server's streamed log-probs equal its
+# own recompute's exactly (0.0) and the HF forward's within 1.2e-4, as for vllm:<arch>.
+MANAGED_TOLERANCE = Tolerance(tie=1e-3, logits=1e-3)
+# An attached server's dtype and kernels are unknown: the widest dtype tolerance fuzzcache uses (bf16's).
+ATTACHED_TOLERANCE = TOLERANCES[torch.bfloat16]
+# The server configs a managed campaign walks, one shard of the budget each.
+SERVER_CONFIGS = {
+    "prefix": EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=8),
+    "tight-pool": EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=8, num_blocks=10, max_batch_tokens=64, chunk_size=32),
+    "spec": EngineConfig(block_size=64, prefix_cache=True, max_num_seqs=4, spec_k=3, draft="prompt_lookup"),
+}
+ENV = {"OMP_NUM_THREADS": "1", "TORCHDYNAMO_DISABLE": "1", "OMP_WAIT_POLICY": "PASSIVE", "NUMBA_NUM_THREADS": "1",
+       "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_SERVER_DEV_MODE": "1",  # for /reset_prefix_cache
+       "VLLM_CPU_KVCACHE_SPACE": None}  # unset: it would silently override --kv-cache-memory-bytes, which sizes the pool
+
+
+class ServerTarget:
+    """A vLLM server through the contract (see the module docstring)."""
+
+    features = frozenset({"batching", "stop", "abort", "fork"})
+    drafts = ("prompt_lookup",)
+    timing_dependent = True
+    reruns = 3
+
+    def __init__(self, name: str, url: str, model: str, vocab_size: int, max_seq_len: int, config: EngineConfig,
+                 tolerance: Tolerance, full_logprobs: bool, max_logprobs: int):
+        self.name, self.url, self.model = name, url, model
+        self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
+        self.fixed_config = config
+        self.tolerance = tolerance
+        self.full_logprobs = full_logprobs  # the server returns every token's log-prob (the vocabulary fits --max-logprobs)
+        self.max_logprobs = max_logprobs
+        self.last_stats: dict[str, int] = {}
+        self.last_pool: PoolAccount | None = None
+        self.num_blocks: int | None = None
+        self.requests_sent = 0
+        self.trace_seconds = 0.0
+
+    # -- the oracle ---------------------------------------------------------------------------
+
+    def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        """[len(tokens), vocab] log-probs of the server's uncached recompute; row 0 (no
+        prediction) is uniform. Entries the server did not return are -inf."""
+        rows = self._recompute(tokens)
+        out = torch.full((len(tokens), self.vocab_size), -math.inf)
+        out[0] = -math.log(self.vocab_size)
+        for i, row in enumerate(rows):
+            out[i + 1, list(row)] = torch.tensor(list(row.values()))
+        return out[:, : self.vocab_size]
+
+    def reference_rows(self, prompt: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """[len(tokens), vocab]: the oracle's rows that chose each generated token (one recompute)."""
+        rows = self._recompute(list(prompt) + list(tokens))[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
+        out = torch.full((len(tokens), self.vocab_size), -math.inf)
+        for i, row in enumerate(rows):
+            out[i, list(row)] = torch.tensor(list(row.values()))
+        return out
+
+    def _recompute(self, tokens: Sequence[int]) -> list[dict[int, float]]:
+        logprobs = -1 if self.full_logprobs else 1  # all, or the top token (the actual token always comes with it)
+        response = httpx.post(self.url + dialect.COMPLETIONS, json=dialect.recompute_body(self.model, tokens, logprobs), timeout=DEADLINE_S)
+        if response.status_code != 200:
+            raise RuntimeError(f"the server's recompute failed: HTTP {response.status_code}: {response.text[:500]}")
+        return dialect.recompute_rows(response.json())
+
+    def greedy_continuation(self, prompt: Sequence[int], n: int) -> list[int]:
+        """The server's own greedy tokens on a cache of their own (stop tokens are drawn from them)."""
+        if n == 0:
+            return []
+        response = httpx.post(self.url + dialect.COMPLETIONS, json=dialect.greedy_body(self.model, prompt, n, uuid.uuid4().hex), timeout=DEADLINE_S)
+        response.raise_for_status()
+        return list(response.json()["choices"][0]["token_ids"])
+
+    # -- the contract -------------------------------------------------------------------------
+
+    def ensure_config(self, config: EngineConfig) -> None:
+        """An attached server runs its own config: any other is refused (not a finding)."""
+        if config != self.fixed_config:
+            raise ValueError(f"EngineConfig {config}: the attached server at {self.url} runs {self.fixed_config}")
+
+    def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
+        self.last_pool = None
+        validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        self.ensure_config(config)
+        salt = self.fresh_cache()
+        calls = [Call((r.rid, i), dialect.COMPLETIONS, dialect.completion_body(self.model, r, self._logprobs(), salt), r.arrival * TICK_S,
+                      None if r.abort_at is None else r.abort_at - r.arrival)
+                 for r in requests if r.max_new_tokens for i in range(r.n)]
+        before = self.metrics()
+        self.check_alive()
+        try:
+            run = run_trace(self.url, calls, dialect.tokens_in, DEADLINE_S)
+        except Deadline as exc:
+            raise TimeoutError(f"{exc}; {self.describe_state()}") from None
+        self.requests_sent += len(calls)
+        self.trace_seconds += run.seconds
+        results = {s.key: s for s in run.results}
+        for s in run.results:
+            self.check_response(s)
+        after = self.idle_metrics(before)
+        self.last_stats = {"preemptions": int(after.get("vllm:num_preemptions_total", 0) - before.get("vllm:num_preemptions_total", 0)),
+                           "requests": len(calls), "max_in_flight": run.max_in_flight}
+        self.note_paths(requests, results, run.max_in_flight)
+        return [self.completion(r, results) for r in requests]
+
+    def fresh_cache(self) -> str | None:
+        """A prefix cache of the trace's own: the salt its requests carry."""
+        return uuid.uuid4().hex
+
+    def _logprobs(self) -> int:
+        return self.vocab_size if self.full_logprobs else 0
+
+    def completion(self, request: Request, results: dict) -> Completion:
+        continuations = []
+        for i in range(request.n):
+            s = results.get((request.rid, i))
+            if s is None:  # max_new_tokens == 0: nothing to ask for
+                continuations.append(Completion(request.rid, [], torch.zeros(0, self.vocab_size)))
+                continue
+            tokens, rows, cached, _ = dialect.read_stream(s.events)
+            logits = None
+            if self.full_logprobs:
+                logits = torch.tensor([[row.get(v, -math.inf) for v in range(self.vocab_size)] for row in rows]).reshape(len(rows), self.vocab_size)  # (new, V)
+            stats = {"cached_prefix_tokens": cached or 0}
+            if s.closed:
+                stats["abort_phase"] = 3 if tokens else 2  # mid-stream, or before its first token reached the client
+            continuations.append(Completion(request.rid, tokens, logits, stats))
+        first, *forks = continuations
+        return with_forks(first, forks, request.n, self.vocab_size)
+
+    def check_response(self, s) -> None:
+        """An HTTP error or an error inside the stream, on a request the contract allows, is a finding."""
+        where = f"request {s.key[0]}" + (f" continuation {s.key[1]}" if s.key[1] else "")
+        stream_errors = [e for e in map(dialect.event_error, s.events) if e]
+        if s.status is not None and s.status >= 500 or stream_errors or (s.error and s.status == 200):
+            raise Finding("crash", f"{where}: the server failed a valid request (HTTP {s.status}: {(stream_errors or [s.error])[0]}); "
+                                   f"{self.describe_state()}", {"what": f"HTTP {s.status}", "server_log": self.log_tail()})
+        if s.status != 200:
+            raise Finding("contract", f"{where}: the server refused a valid request (HTTP {s.status}: {s.error})", {"what": f"HTTP {s.status}"})
+
+    def note_paths(self, requests: Sequence[Request], results: dict, max_in_flight: int) -> None:
+        """Server paths: the concurrency reached, aborts mid-stream, repeats of an earlier prompt
+        cold (no prefix hit) or warm, preemptions."""
+        reached(f"requests in flight at once: {max_in_flight if max_in_flight < 4 else '4-7' if max_in_flight < 8 else '8+'}")
+        seen: set[tuple[int, ...]] = set()
+        for r in sorted(requests, key=lambda r: r.arrival):
+            s = results.get((r.rid, 0))
+            if s is not None and r.prompt in seen and not s.closed:
+                cached = dialect.read_stream(s.events)[2] or 0
+                reached("repeat of an earlier prompt: warm (prefix hit)" if cached else "repeat of an earlier prompt: cold (no prefix hit)")
+            seen.add(r.prompt)
+        if any(s.closed and s.tokens for s in results.values()):
+            reached("abort mid-stream")
+        if self.last_stats.get("preemptions"):
+            reached("preemption (server metrics)")
+
+    # -- the server's health and metrics -------------------------------------------------------
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            response = httpx.get(self.url + "/metrics", timeout=10.0)
+        except httpx.HTTPError:
+            return {}
+        return dialect.parse_metrics(response.text) if response.status_code == 200 else {}
+
+    def idle_metrics(self, before: dict[str, float]) -> dict[str, float]:
+        """The metrics once the server holds no request (waits up to IDLE_WAIT_S); sets last_pool
+        when the server reports its KV usage and was idle before the trace (another client's
+        requests would read as a leak)."""
+        end = time.monotonic() + IDLE_WAIT_S
+        while True:
+            now = self.metrics()
+            busy = now.get("vllm:num_requests_running", 0) + now.get("vllm:num_requests_waiting", 0)
+            if (not busy and not now.get("vllm:kv_cache_usage_perc", 0)) or time.monotonic() > end:
+                break
+            time.sleep(0.05)
+        if self.num_blocks and "vllm:kv_cache_usage_perc" in now and before.get("vllm:kv_cache_usage_perc", 0) == 0:
+            used = round(now["vllm:kv_cache_usage_perc"] * self.num_blocks)
+            self.last_pool = PoolAccount(total=self.num_blocks, free=self.num_blocks - used)
+        elif self.num_blocks:
+            reached("leak check skipped: the server was busy before the trace")
+        return now
+
+    def check_alive(self) -> None:
+        """Overridden by a managed server (which can tell whether its process died)."""
+
+    def describe_state(self) -> str:
+        m = self.metrics()
+        if not m:
+            return "the server does not answer /metrics"
+        return (f"server: {m.get('vllm:num_requests_running', 0):g} running, {m.get('vllm:num_requests_waiting', 0):g} waiting, "
+                f"KV usage {m.get('vllm:kv_cache_usage_perc', 0):.3f}")
+
+    def log_tail(self) -> str:
+        return ""
+
+    def report(self) -> dict:
+        """What a campaign reports about the server (requests/s)."""
+        return {"url": self.url, "requests": self.requests_sent, "trace_seconds": round(self.trace_seconds, 2),
+                "requests_per_s": round(self.requests_sent / self.trace_seconds, 1) if self.trace_seconds else None}
+
+
+class ManagedVLLMServer(ServerTarget):
+    """vLLM's server started by fuzzcache on the shared factory's tiny ``arch`` model; restarted
+    with the flags of each config it is asked to run."""
+
+    config_shards = SERVER_CONFIGS
+
+    def __init__(self, arch: str = "llama", oracle: str = "server", env: dict[str, str | None] | None = None, name: str | None = None,
+                 python: str | None = None, configs: dict[str, EngineConfig] | None = None):
+        from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
+
+        self.arch, self.oracle, self.extra_env = arch, oracle, dict(env or {})
+        self.python = python or vllm_python()
+        if configs is not None:
+            self.config_shards = configs
+        self.hf_model = tiny_model(arch, **SHAPES["wide_heads"], max_position_embeddings=MAX_MODEL_LEN)
+        self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-vllm-server-{arch}-")
+        save_checkpoint(self.hf_model, self._folder.name)
+        config = next(iter(self.config_shards.values()))
+        super().__init__(name or f"vllm-server:{arch}" + ("+hf-oracle" if oracle == "hf" else ""), "", self._folder.name, VOCAB_SIZE,
+                         MAX_MODEL_LEN, config, MANAGED_TOLERANCE, full_logprobs=True, max_logprobs=256)
+        self.kv_bytes_per_token = kv_bytes_per_token(self.hf_model.config)
+        self.server: ManagedServer | None = None
+        self.starts: list[tuple[str, float]] = []  # (config, seconds to healthy)
+
+    def use_config(self, config: EngineConfig) -> None:
+        """Run ``config`` from now on: the server is (re)started with its flags."""
+        if self.server is not None and self.server.alive() and config == self.fixed_config:
+            return
+        self.stop()
+        self.fixed_config = config
+        argv = [self.python, "-m", "fuzzcache.targets.serve.vllm_cli", "serve", self.model, "--port", str(free_port()), *managed_flags(),
+                *dialect.server_flags(config, self.kv_bytes_per_token, MAX_MODEL_LEN)]
+        port = int(argv[argv.index("--port") + 1])
+        self.server = ManagedServer(argv, port, env={**ENV, **self.extra_env}, name="vllm-server")
+        self.url = self.server.url
+        self.server.start()
+        self.starts.append((config_name(config, self.config_shards), self.server.start_seconds or 0.0))
+        text = httpx.get(self.url + "/metrics", timeout=10.0).text
+        self.num_blocks = int(dialect.metric_label(text, "vllm:cache_config_info", "num_gpu_blocks") or 0) or None
+
+    def ensure_config(self, config: EngineConfig) -> None:
+        if config.block_size % 32:
+            raise ValueError(f"EngineConfig.block_size={config.block_size}: vLLM's CPU attention runs multiples of 32")
+        if config.spec_k and config.draft not in self.drafts:
+            raise ValueError(f"EngineConfig.draft={config.draft!r}: vLLM's server drafts by n-gram prompt lookup only ('prompt_lookup')")
+        if config.interleave:
+            raise ValueError("EngineConfig.interleave=True: vLLM always fuses decode rows and prefill chunks")
+        if self.server is None or not self.server.alive() or config != self.fixed_config:
+            self.use_config(config)
+
+    def fresh_cache(self) -> str | None:
+        """The server's prefix cache reset (retried while it still holds blocks): no salt needed."""
+        end = time.monotonic() + IDLE_WAIT_S
+        while not httpx.post(self.url + "/reset_prefix_cache", timeout=10.0).json().get("success") and time.monotonic() < end:
+            time.sleep(0.05)
+        return None
+
+    def check_alive(self) -> None:
+        if self.server is not None and not self.server.alive():
+            raise Finding("crash", f"the vLLM server died (exit status {self.server.process.returncode if self.server.process else '?'})",
+                          {"what": "server died", "server_log": self.log_tail()})
+
+    def generate(self, requests, config):
+        try:
+            return super().generate(requests, config)
+        finally:
+            if self.server is not None and not self.server.alive():  # the next call starts a new one
+                self.server.stop()
+
+    def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
+        if self.oracle != "hf":
+            if self.server is None or not self.server.alive():
+                self.use_config(self.fixed_config)
+            return super().reference_logits(tokens)
+        with torch.no_grad():
+            logits = self.hf_model(torch.tensor([list(tokens)]), use_cache=False).logits[0].float()  # (T, V)
+        return torch.log_softmax(logits, dim=-1)
+
+    def reference_rows(self, prompt, tokens) -> torch.Tensor:
+        if self.oracle == "hf":
+            return self.reference_logits(list(prompt) + list(tokens))[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
+        return super().reference_rows(prompt, tokens)
+
+    def greedy_continuation(self, prompt, n):
+        if self.server is None or not self.server.alive():
+            self.use_config(self.fixed_config)
+        return super().greedy_continuation(prompt, n)
+
+    def log_tail(self) -> str:
+        return self.server.log_tail() if self.server is not None else ""
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def close(self) -> None:
+        self.stop()
+
+    def report(self) -> dict:
+        return super().report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts]}
+
+
+def managed_flags() -> list[str]:
+    """Flags every managed server gets: float32 on the CPU, token ids in and out, the log-probs
+    of the whole vocabulary, cached tokens per request."""
+    return ["--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN), "--skip-tokenizer-init", "--enforce-eager",
+            "--max-logprobs", "256", "--enable-prompt-tokens-details", "--seed", "0"]
+
+
+def kv_bytes_per_token(config) -> int:
+    """KV bytes one token takes in float32: layers x (K and V) x KV heads x head dim x 4."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 4
+
+
+def config_name(config: EngineConfig, shards: dict[str, EngineConfig]) -> str:
+    return next((name for name, c in shards.items() if c == config), "replayed config")
+
+
+def vllm_python() -> str:
+    """The interpreter that runs vLLM: this one if it has vLLM, else FUZZCACHE_VLLM_PYTHON."""
+    from fuzzcache.targets import UnknownTarget
+    from fuzzcache.targets.vllm.environment import INSTALL_HINT
+
+    if os.environ.get("FUZZCACHE_VLLM_PYTHON"):
+        return os.environ["FUZZCACHE_VLLM_PYTHON"]
+    if importlib.util.find_spec("vllm") is None:
+        raise UnknownTarget(f"vllm-server:<arch> starts vLLM's server, which is not installed here; {INSTALL_HINT}, "
+                            "or set FUZZCACHE_VLLM_PYTHON to the python of an environment that has it")
+    return sys.executable
+
+
+def attach(url: str, name: str | None = None) -> ServerTarget:
+    """A target over the vLLM server at ``url`` (``http://HOST:PORT``, optional query: ``vocab=N``
+    when the server has no tokenizer, ``tie=X`` and ``logprobs=X`` tolerances). Learns the model
+    and its max length from ``/v1/models`` and the config (block size, prefix caching, pool) from
+    ``/metrics``."""
+    from fuzzcache.targets import UnknownTarget
+
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}"
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    try:
+        models = httpx.get(base + "/v1/models", timeout=10.0)
+        models.raise_for_status()
+        metrics = httpx.get(base + "/metrics", timeout=10.0).text
+    except httpx.HTTPError as exc:
+        raise UnknownTarget(f"vllm-server:{url}: no vLLM server answers at {base} ({type(exc).__name__}: {exc})") from exc
+    card = models.json()["data"][0]
+    vocab = int(options["vocab"]) if "vocab" in options else learn_vocab(base, card["id"])
+    if vocab is None:
+        raise UnknownTarget(f"vllm-server:{url}: the server has no tokenizer (--skip-tokenizer-init), so its vocabulary size cannot be asked "
+                            f"without risking its engine (an out-of-vocabulary token id kills it: corpus/vllm-skip-tokenizer-oov-kills-engine.md); "
+                            f"give it: vllm-server:{base}?vocab=N")
+    block = int(dialect.metric_label(metrics, "vllm:cache_config_info", "block_size") or 16)
+    prefix = dialect.metric_label(metrics, "vllm:cache_config_info", "enable_prefix_caching") == "True"
+    config = EngineConfig(block_size=block, prefix_cache=prefix)
+    tol = Tolerance(tie=float(options.get("tie", ATTACHED_TOLERANCE.tie)), logits=float(options.get("logprobs", ATTACHED_TOLERANCE.logits)))
+    max_logprobs = int(options.get("max_logprobs", 20))
+    target = ServerTarget(name or f"vllm-server:{base}", base, card["id"], vocab, int(card.get("max_model_len") or MAX_MODEL_LEN), config,
+                          tol, full_logprobs=vocab <= max_logprobs, max_logprobs=max_logprobs)
+    target.num_blocks = int(dialect.metric_label(metrics, "vllm:cache_config_info", "num_gpu_blocks") or 0) or None
+    return target
+
+
+def learn_vocab(base: str, model: str) -> int | None:
+    """The vocabulary size of a server that has a tokenizer, by bisection on the 400 its input
+    validation gives an out-of-vocabulary token id (``renderers/base.py validate_token_ids``);
+    None for a server without a tokenizer, which does not validate them."""
+    if httpx.post(base + "/tokenize", json={"model": model, "prompt": "a"}, timeout=10.0).status_code != 200:
+        return None
+    low, high = 1, 1 << 22  # low is in the vocabulary, high is not
+    while high - low > 1:
+        mid = (low + high) // 2
+        status = httpx.post(base + dialect.COMPLETIONS, json={"model": model, "prompt": [mid], "max_tokens": 1}, timeout=30.0).status_code
+        low, high = (mid, high) if status == 200 else (low, mid)
+    return high
+
+
+def VLLMServerTarget(name: str = "llama", **options):
+    """``vllm-server:<arch>[+hf-oracle]`` (managed) or ``vllm-server:http://HOST:PORT[?...]`` (attached)."""
+    from fuzzcache.targets import UnknownTarget
+
+    if name.startswith(("http://", "https://")):
+        return attach(name)
+    arch, _, suffix = name.partition("+")
+    if arch not in ARCHITECTURES or suffix not in ("", "hf-oracle"):
+        raise UnknownTarget(f"unknown target 'vllm-server:{name}'; managed: {', '.join('vllm-server:' + a for a in ARCHITECTURES)} "
+                            "(optionally +hf-oracle), attached: vllm-server:http://HOST:PORT")
+    if options.get("dtype", torch.float32) != torch.float32 or str(options.get("device", "cpu")) != "cpu":
+        raise UnknownTarget(f"vllm-server:{name} runs vLLM's CPU build in float32 only")
+    return ManagedVLLMServer(arch, oracle="hf" if suffix else "server")
