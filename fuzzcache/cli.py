@@ -394,6 +394,18 @@ def corpus_merge(dest, sources) -> None:
     sys.exit(1 if merged.conflicts or merged.errors else 0)
 
 
+@main.command("tiny-model")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--arch", default="llama", show_default=True, type=click.Choice(["llama", "qwen2"]))
+def tiny_model(folder, arch) -> None:
+    """Write the tiny seeded model that vllm-server:<arch> serves (an HF checkpoint without a
+    tokenizer) to FOLDER, to start a server on it by hand and attach to it."""
+    from fuzzcache.targets.serve.target import write_tiny_model
+
+    write_tiny_model(arch, folder)
+    click.echo(f"wrote the tiny {arch} model to {folder} (vocabulary 64, 256 positions, float32)")
+
+
 @main.command("list")
 def list_cmd() -> None:
     """Targets (with their features, and the contract's features each cannot express) and properties."""

@@ -59,7 +59,9 @@ def pytest_collect_file(file_path: Path, parent):
 
 # Target families whose engine lives in an environment of its own (README): their corpus files
 # carry the family's marker, and are skipped, naming that environment, where the engine is missing.
-ENGINE_ENVIRONMENTS = {"vllm": ("vllm", ".venv-vllm"), "llamacpp": ("llama_cpp", "an environment with the llamacpp extra")}  # family -> (module, environment)
+ENGINE_ENVIRONMENTS = {"vllm": ("vllm", ".venv-vllm"), "vllm-server": ("vllm", ".venv-vllm"),
+                       "llamacpp": ("llama_cpp", "an environment with the llamacpp extra")}  # family -> (module, environment)
+MARKERS = {"vllm-server": "vllm"}  # a family's marker, where it is not the family's name
 
 
 def engine_family(path: Path) -> str | None:
@@ -78,7 +80,7 @@ class CorpusFile(pytest.File):
         item = CorpusItem.from_parent(self, name=self.path.stem)
         family = engine_family(self.path)
         if family is not None:
-            item.add_marker(family)
+            item.add_marker(MARKERS.get(family, family))
             module, environment = ENGINE_ENVIRONMENTS[family]
             if importlib.util.find_spec(module) is None:
                 item.add_marker(pytest.mark.skip(reason=f"{family}: targets run in {environment} (see the README's test command)"))

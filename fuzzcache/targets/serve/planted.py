@@ -21,13 +21,19 @@ PLUGIN = "fuzzcache_planted"
 INSTALL_HINT = "the planted-bug plugin is not installed in vLLM's environment: .venv-vllm/bin/pip install -e tests/vllm_plugin"
 
 
+_PLANTED: dict[str, ManagedVLLMServer] = {}  # one per bug and process (a server start costs about a minute)
+
+
 def planted_server(bug: str, name: str, configs=None) -> ManagedVLLMServer:
     from fuzzcache.targets import UnknownTarget
 
+    if name in _PLANTED:
+        return _PLANTED[name]
     if not any(ep.name == PLUGIN for ep in entry_points(group="vllm.general_plugins")):
         raise UnknownTarget(INSTALL_HINT)
     env = {"FUZZCACHE_VLLM_PLANT": bug, "VLLM_PLUGINS": PLUGIN}
-    return ManagedVLLMServer("llama", env=env, name=name, configs=configs or {"prefix": SERVER_CONFIGS["prefix"]})
+    _PLANTED[name] = ManagedVLLMServer("llama", env=env, name=name, configs=configs or {"prefix": SERVER_CONFIGS["prefix"]})
+    return _PLANTED[name]
 
 
 def prefix_hash_not_chained(**options) -> ManagedVLLMServer:

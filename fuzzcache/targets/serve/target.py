@@ -269,15 +269,14 @@ class ManagedVLLMServer(ServerTarget):
 
     def __init__(self, arch: str = "llama", oracle: str = "server", env: dict[str, str | None] | None = None, name: str | None = None,
                  python: str | None = None, configs: dict[str, EngineConfig] | None = None):
-        from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
+        from fuzzcache.targets.tiny_models import VOCAB_SIZE
 
         self.arch, self.oracle, self.extra_env = arch, oracle, dict(env or {})
         self.python = python or vllm_python()
         if configs is not None:
             self.config_shards = configs
-        self.hf_model = tiny_model(arch, **SHAPES["wide_heads"], max_position_embeddings=MAX_MODEL_LEN)
         self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-vllm-server-{arch}-")
-        save_checkpoint(self.hf_model, self._folder.name)
+        self.hf_model = write_tiny_model(arch, self._folder.name)
         config = next(iter(self.config_shards.values()))
         super().__init__(name or f"vllm-server:{arch}" + ("+hf-oracle" if oracle == "hf" else ""), "", self._folder.name, VOCAB_SIZE,
                          MAX_MODEL_LEN, config, MANAGED_TOLERANCE, full_logprobs=True, max_logprobs=256)
@@ -364,6 +363,16 @@ class ManagedVLLMServer(ServerTarget):
         return super().report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts]}
 
 
+def write_tiny_model(arch: str, folder) -> torch.nn.Module:
+    """The shared factory's tiny ``arch`` model in vLLM's shape (head_dim 32, MAX_MODEL_LEN
+    positions), written to ``folder`` as an HF checkpoint without a tokenizer; returns it (the HF oracle)."""
+    from fuzzcache.targets.tiny_models import SHAPES, save_checkpoint, tiny_model
+
+    model = tiny_model(arch, **SHAPES["wide_heads"], max_position_embeddings=MAX_MODEL_LEN)
+    save_checkpoint(model, folder)
+    return model
+
+
 def managed_flags() -> list[str]:
     """Flags every managed server gets: float32 on the CPU, token ids in and out, the log-probs
     of the whole vocabulary, cached tokens per request."""
@@ -441,8 +450,12 @@ def learn_vocab(base: str, model: str) -> int | None:
     return high
 
 
+_MANAGED: dict[str, ManagedVLLMServer] = {}  # one per name and process: a server takes about a minute to start
+
+
 def VLLMServerTarget(name: str = "llama", **options):
-    """``vllm-server:<arch>[+hf-oracle]`` (managed) or ``vllm-server:http://HOST:PORT[?...]`` (attached)."""
+    """``vllm-server:<arch>[+hf-oracle]`` (managed; one per process, shared by every caller) or
+    ``vllm-server:http://HOST:PORT[?...]`` (attached)."""
     from fuzzcache.targets import UnknownTarget
 
     if name.startswith(("http://", "https://")):
@@ -453,4 +466,6 @@ def VLLMServerTarget(name: str = "llama", **options):
                             "(optionally +hf-oracle), attached: vllm-server:http://HOST:PORT")
     if options.get("dtype", torch.float32) != torch.float32 or str(options.get("device", "cpu")) != "cpu":
         raise UnknownTarget(f"vllm-server:{name} runs vLLM's CPU build in float32 only")
-    return ManagedVLLMServer(arch, oracle="hf" if suffix else "server")
+    if name not in _MANAGED:
+        _MANAGED[name] = ManagedVLLMServer(arch, oracle="hf" if suffix else "server")
+    return _MANAGED[name]
