@@ -58,6 +58,21 @@ def time_limit(seconds: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - started), 1e-3), outer_interval)
 
 
+@contextmanager
+def time_limit_paused() -> Iterator[None]:
+    """The running call's time limit suspended for the block (e.g. while a target starts the
+    server it manages, which is set-up, not the engine's progress), re-armed after with what was left."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        yield
+    finally:
+        if delay:
+            signal.setitimer(signal.ITIMER_REAL, delay, interval)
+
+
 def call_target(what: str, fn: Callable[..., Any], *args: Any, limit_s: float | None = None) -> Any:
     """``fn(*args)`` with findings for crashes and hangs; ``what`` names the call in messages."""
     limit_s = TIME_LIMIT_S if limit_s is None else limit_s

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from fuzzcache.contract import Request
 from fuzzcache.scenario import TraceScenario
+from strategies.engine import prompts
 from strategies.lifecycle import MAX_FORKS, stop_tokens
 
 MAX_REQUESTS = 8
@@ -24,12 +25,13 @@ MAX_TICK = 40  # arrivals within MAX_TICK x TICK_S seconds
 
 
 @st.composite
-def request_plans(draw, token: st.SearchStrategy[int], shared: list[int], max_prompt: int, max_new: int) -> tuple:
-    """(prompt, max_new_tokens, arrival, repeat) of one request; ``repeat`` (an index) makes it a
-    copy of an earlier request, sent later."""
+def request_plans(draw, token: st.SearchStrategy[int], shared: list[int], block_size: int, max_prompt: int, max_new: int) -> tuple:
+    """(prompt, max_new_tokens, arrival, repeat) of one request; prompt lengths half the time at
+    a block boundary; ``repeat`` (an index, modulo the requests before it) makes it a copy of an
+    earlier request, sent later."""
     repeat = draw(st.one_of(st.none(), st.integers(0, MAX_REQUESTS - 1)))
     prefix = shared if shared and draw(st.booleans()) else []
-    suffix = draw(st.lists(token, min_size=0 if prefix else 1, max_size=max(1, max_prompt - len(prefix))))
+    suffix = draw(prompts(token, block_size, max(1, max_prompt - len(prefix))))
     return tuple(prefix + suffix), draw(st.integers(1, max_new)), draw(st.one_of(st.just(0), st.integers(0, 5), st.integers(0, MAX_TICK))), repeat
 
 
@@ -45,11 +47,11 @@ def server_trace_scenarios(draw, target) -> TraceScenario:
     whole_blocks = st.integers(1, max(1, (max_prompt - 1) // block)).map(lambda k: k * block)
     shared_len = draw(st.one_of(st.just(0), whole_blocks, st.integers(1, max_prompt - 1)))
     shared = draw(st.lists(token, min_size=shared_len, max_size=shared_len))
-    plans = draw(st.lists(request_plans(token, shared, max_prompt, max_new), min_size=1, max_size=MAX_REQUESTS))
+    plans = draw(st.lists(request_plans(token, shared, block, max_prompt, max_new), min_size=1, max_size=MAX_REQUESTS))
     requests: list[Request] = []
     for rid, (prompt, new, arrival, repeat) in enumerate(plans):
-        if repeat is not None and repeat < rid:  # a copy of an earlier request, sent after it
-            earlier = requests[repeat]
+        if repeat is not None and rid:  # a copy of an earlier request, sent after it
+            earlier = requests[repeat % rid]
             prompt, new, arrival = earlier.prompt, earlier.max_new_tokens, earlier.arrival + 1 + arrival
         requests.append(Request(rid, prompt, new, arrival))
     greedy = getattr(target, "greedy_continuation", None)

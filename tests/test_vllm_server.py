@@ -12,7 +12,7 @@ Each test group shares one server (about 40 s to start on 2 cores). These run in
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -103,7 +103,7 @@ def test_a_stop_token_ends_the_stream_and_is_kept(server):
     first = continuation.index(stop)
     completions = checked_by_both_oracles(server, with_config(server, [Request(0, SHARED + (9,), 12, stop=(stop,))]))
     assert completions[0].tokens == continuation[: first + 1]
-    assert take()["early stop"] == 1 or first == 11
+    assert take()["early stop"] >= 1 or first == 11
 
 
 @pytest.mark.xdist_group("vllm-server")
@@ -169,12 +169,13 @@ def test_attached_mode_fuzzes_a_server_started_by_hand_with_the_readmes_command(
 def test_a_bug_planted_in_the_servers_engine_core_is_caught_shrunk_and_the_unpatched_server_passes_it(tmp_path):
     planted = resolve_target("fuzzcache.targets.serve.planted:prefix_hash_not_chained")
     try:
-        run = run_property(get("engine.trace"), planted, planted.name, settings(max_examples=200, deadline=None, database=None, derandomize=True), tmp_path)
+        run = run_property(get("engine.trace"), planted, planted.name, settings(max_examples=300, deadline=None, database=None, derandomize=True), tmp_path)
     finally:
         planted.stop()
     assert [s.kind for s in run.found] == ["mismatch"], (run.found, run.error, run.examples)
     case = load(run.found[0].path)
-    assert len(case.scenario.requests) <= 2 and case.divergence["reproduced"].endswith("runs")
+    record = json.loads(run.found[0].path.read_text())
+    assert len(case.scenario.requests) <= 2 and record["divergence"]["reproduced"].endswith("runs"), (case.scenario, record["divergence"])
     unpatched = resolve_target("vllm-server:llama")
     try:
         assert replay(case, unpatched) is None

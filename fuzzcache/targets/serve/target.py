@@ -50,6 +50,7 @@ from fuzzcache.compare import TOLERANCES, Tolerance
 from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, validate_requests, with_forks
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding
+from fuzzcache.guard import time_limit_paused
 from fuzzcache.targets.serve import vllm as dialect
 from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
 from fuzzcache.targets.serve.managed import ManagedServer, ServerFailed, free_port
@@ -142,13 +143,13 @@ class ServerTarget:
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         self.last_pool = None
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        self.check_alive()  # a server that died since the last trace: a finding, not a silent restart
         self.ensure_config(config)
         salt = self.fresh_cache()
         calls = [Call((r.rid, i), dialect.COMPLETIONS, dialect.completion_body(self.model, r, self._logprobs(), salt), r.arrival * TICK_S,
                       None if r.abort_at is None else r.abort_at - r.arrival)
                  for r in requests if r.max_new_tokens for i in range(r.n)]
         before = self.metrics()
-        self.check_alive()
         try:
             run = run_trace(self.url, calls, dialect.tokens_in, DEADLINE_S)
         except Deadline as exc:
@@ -192,8 +193,12 @@ class ServerTarget:
     def check_response(self, s) -> None:
         """An HTTP error or an error inside the stream, on a request the contract allows, is a finding."""
         where = f"request {s.key[0]}" + (f" continuation {s.key[1]}" if s.key[1] else "")
+        if s.status is None:  # no response at all
+            self.check_alive()
+            raise Finding("crash", f"{where}: the server did not answer ({s.error}); {self.describe_state()}",
+                          {"what": "no response", "server_log": self.log_tail()})
         stream_errors = [e for e in map(dialect.event_error, s.events) if e]
-        if s.status is not None and s.status >= 500 or stream_errors or (s.error and s.status == 200):
+        if s.status >= 500 or stream_errors or (s.error and s.status == 200):
             raise Finding("crash", f"{where}: the server failed a valid request (HTTP {s.status}: {(stream_errors or [s.error])[0]}); "
                                    f"{self.describe_state()}", {"what": f"HTTP {s.status}", "server_log": self.log_tail()})
         if s.status != 200:
@@ -295,7 +300,8 @@ class ManagedVLLMServer(ServerTarget):
         port = int(argv[argv.index("--port") + 1])
         self.server = ManagedServer(argv, port, env={**ENV, **self.extra_env}, name="vllm-server")
         self.url = self.server.url
-        self.server.start()
+        with time_limit_paused():  # a start-up is not the engine making no progress
+            self.server.start()
         self.starts.append((config_name(config, self.config_shards), self.server.start_seconds or 0.0))
         text = httpx.get(self.url + "/metrics", timeout=10.0).text
         self.num_blocks = int(dialect.metric_label(text, "vllm:cache_config_info", "num_gpu_blocks") or 0) or None
@@ -326,8 +332,8 @@ class ManagedVLLMServer(ServerTarget):
         try:
             return super().generate(requests, config)
         finally:
-            if self.server is not None and not self.server.alive():  # the next call starts a new one
-                self.server.stop()
+            if self.server is not None and not self.server.alive():  # reported once; the next call starts a new one
+                self.stop()
 
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
         if self.oracle != "hf":
