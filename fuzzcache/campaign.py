@@ -186,6 +186,9 @@ def print_report(result: CampaignResult, console: Console) -> None:
         starts = ", ".join(f"{x['config']} {x['seconds']:.0f}s" for x in s.get("starts", []))
         console.print(f"server: {s['url']}: {s['requests']} requests in {s['trace_seconds']:.0f}s of traces ({s['requests_per_s'] or 0:.1f} requests/s)"
                       + (f"; started for {starts}" if starts else ""), markup=False, highlight=False)
+        for name, c in (s.get("per_config") or {}).items():
+            console.print(f"  config {name}: {c['traces']} traces ({c['traces_per_s'] or 0:.2f}/s while it served), {c['requests']} requests "
+                          f"({c['requests_per_s'] or 0:.1f}/s while traces ran)", markup=False, highlight=False)
     console.print("[bold]paths reached[/] (examples that reached each path; a path missing here was never exercised)")
     for t in result.totals.values():
         paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())) or "(no path events)"

@@ -40,7 +40,8 @@ def test_a_stream_reads_as_tokens_log_prob_rows_cached_tokens_and_finish():
 
 def test_metrics_and_their_labels_are_read():
     metrics = dialect.parse_metrics(METRICS)
-    assert metrics["vllm:kv_cache_usage_perc"] == 0.25 and metrics["vllm:num_preemptions_total"] == 3.0
+    assert metrics["vllm:kv_cache_usage_perc"] == metrics["kv_usage"] == 0.25 and metrics["preemptions"] == 3.0
+    assert dialect.server_config(METRICS) == (32, True, 32)
     assert dialect.metric_label(METRICS, "vllm:cache_config_info", "num_gpu_blocks") == "32"
     assert dialect.metric_label(METRICS, "vllm:cache_config_info", "enable_prefix_caching") == "True"
 

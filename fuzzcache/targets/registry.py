@@ -88,8 +88,12 @@ def build_target(spec: str, dtype: str | None = None, device: str | None = None)
         return BUILTIN[spec](**options)
     family, _, name = spec.partition(":")
     if family in FAMILIES:
-        module_name, factory, _ = FAMILIES[family]
-        return getattr(importlib.import_module(module_name), factory)(name, **options)
+        module_name, factory, what = FAMILIES[family]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # an extra that is not installed
+            raise UnknownTarget(f"target {spec!r} needs the module {exc.name!r}, which is not installed: {what}") from exc
+        return getattr(module, factory)(name, **options)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == spec:
             return _instantiate(ep.load(), spec, options)

@@ -51,7 +51,7 @@ from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, v
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding
 from fuzzcache.guard import time_limit_paused
-from fuzzcache.targets.serve import vllm as dialect
+from fuzzcache.targets.serve import vllm as vllm_dialect
 from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
 from fuzzcache.targets.serve.managed import ManagedServer, ServerFailed, free_port
 
@@ -77,7 +77,7 @@ ENV = {"OMP_NUM_THREADS": "1", "TORCHDYNAMO_DISABLE": "1", "OMP_WAIT_POLICY": "P
 
 
 class ServerTarget:
-    """A vLLM server through the contract (see the module docstring)."""
+    """A server through the contract, in its dialect (vLLM's by default; see the module docstring)."""
 
     features = frozenset({"batching", "stop", "abort", "fork"})
     drafts = ("prompt_lookup",)
@@ -85,8 +85,9 @@ class ServerTarget:
     reruns = 3
 
     def __init__(self, name: str, url: str, model: str, vocab_size: int, max_seq_len: int, config: EngineConfig,
-                 tolerance: Tolerance, full_logprobs: bool, max_logprobs: int):
+                 tolerance: Tolerance, full_logprobs: bool, max_logprobs: int, dialect=vllm_dialect):
         self.name, self.url, self.model = name, url, model
+        self.dialect = dialect  # the server's request and response shapes (a module: fuzzcache.targets.serve.vllm)
         self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
         self.fixed_config = config
         self.tolerance = tolerance
@@ -120,16 +121,16 @@ class ServerTarget:
 
     def _recompute(self, tokens: Sequence[int]) -> list[dict[int, float]]:
         logprobs = -1 if self.full_logprobs else 1  # all, or the top token (the actual token always comes with it)
-        response = httpx.post(self.url + dialect.COMPLETIONS, json=dialect.recompute_body(self.model, tokens, logprobs), timeout=DEADLINE_S)
+        response = httpx.post(self.url + self.dialect.COMPLETIONS, json=self.dialect.recompute_body(self.model, tokens, logprobs), timeout=DEADLINE_S)
         if response.status_code != 200:
             raise RuntimeError(f"the server's recompute failed: HTTP {response.status_code}: {response.text[:500]}")
-        return dialect.recompute_rows(response.json())
+        return self.dialect.recompute_rows(response.json())
 
     def greedy_continuation(self, prompt: Sequence[int], n: int) -> list[int]:
         """The server's own greedy tokens on a cache of their own (stop tokens are drawn from them)."""
         if n == 0:
             return []
-        response = httpx.post(self.url + dialect.COMPLETIONS, json=dialect.greedy_body(self.model, prompt, n, uuid.uuid4().hex), timeout=DEADLINE_S)
+        response = httpx.post(self.url + self.dialect.COMPLETIONS, json=self.dialect.greedy_body(self.model, prompt, n, uuid.uuid4().hex), timeout=DEADLINE_S)
         response.raise_for_status()
         return list(response.json()["choices"][0]["token_ids"])
 
@@ -146,21 +147,23 @@ class ServerTarget:
         self.check_alive()  # a server that died since the last trace: a finding, not a silent restart
         self.ensure_config(config)
         salt = self.fresh_cache()
-        calls = [Call((r.rid, i), dialect.COMPLETIONS, dialect.completion_body(self.model, r, self._logprobs(), salt), r.arrival * TICK_S,
+        calls = [Call((r.rid, i), self.dialect.COMPLETIONS, self.dialect.completion_body(self.model, r, self._logprobs(), salt), r.arrival * TICK_S,
                       None if r.abort_at is None else r.abort_at - r.arrival)
                  for r in requests if r.max_new_tokens for i in range(r.n)]
         before = self.metrics()
         try:
-            run = run_trace(self.url, calls, dialect.tokens_in, DEADLINE_S)
+            run = run_trace(self.url, calls, self.dialect.tokens_in, DEADLINE_S)
         except Deadline as exc:
             raise TimeoutError(f"{exc}; {self.describe_state()}") from None
         self.requests_sent += len(calls)
         self.trace_seconds += run.seconds
+        self.count_trace(len(calls), run.seconds)
         results = {s.key: s for s in run.results}
         for s in run.results:
             self.check_response(s)
+        self.check_healthy()
         after = self.idle_metrics(before)
-        self.last_stats = {"preemptions": int(after.get("vllm:num_preemptions_total", 0) - before.get("vllm:num_preemptions_total", 0)),
+        self.last_stats = {"preemptions": int(after.get("preemptions", 0) - before.get("preemptions", 0)),
                            "requests": len(calls), "max_in_flight": run.max_in_flight}
         self.note_paths(requests, results, run.max_in_flight)
         return [self.completion(r, results) for r in requests]
@@ -168,6 +171,9 @@ class ServerTarget:
     def fresh_cache(self) -> str | None:
         """A prefix cache of the trace's own: the salt its requests carry."""
         return uuid.uuid4().hex
+
+    def count_trace(self, requests: int, seconds: float) -> None:
+        """Per-config accounting: a managed server keeps it per config (``report``)."""
 
     def _logprobs(self) -> int:
         return self.vocab_size if self.full_logprobs else 0
@@ -179,7 +185,7 @@ class ServerTarget:
             if s is None:  # max_new_tokens == 0: nothing to ask for
                 continuations.append(Completion(request.rid, [], torch.zeros(0, self.vocab_size)))
                 continue
-            tokens, rows, cached, _ = dialect.read_stream(s.events)
+            tokens, rows, cached, _ = self.dialect.read_stream(s.events)
             logits = None
             if self.full_logprobs:
                 logits = torch.tensor([[row.get(v, -math.inf) for v in range(self.vocab_size)] for row in rows]).reshape(len(rows), self.vocab_size)  # (new, V)
@@ -197,7 +203,7 @@ class ServerTarget:
             self.check_alive()
             raise Finding("crash", f"{where}: the server did not answer ({s.error}); {self.describe_state()}",
                           {"what": "no response", "server_log": self.log_tail()})
-        stream_errors = [e for e in map(dialect.event_error, s.events) if e]
+        stream_errors = [e for e in map(self.dialect.event_error, s.events) if e]
         if s.status >= 500 or stream_errors or (s.error and s.status == 200):
             raise Finding("crash", f"{where}: the server failed a valid request (HTTP {s.status}: {(stream_errors or [s.error])[0]}); "
                                    f"{self.describe_state()}", {"what": f"HTTP {s.status}", "server_log": self.log_tail()})
@@ -212,7 +218,7 @@ class ServerTarget:
         for r in sorted(requests, key=lambda r: r.arrival):
             s = results.get((r.rid, 0))
             if s is not None and r.prompt in seen and not s.closed:
-                cached = dialect.read_stream(s.events)[2] or 0
+                cached = self.dialect.read_stream(s.events)[2] or 0
                 reached("repeat of an earlier prompt: warm (prefix hit)" if cached else "repeat of an earlier prompt: cold (no prefix hit)")
             seen.add(r.prompt)
         if any(s.closed and s.tokens for s in results.values()):
@@ -227,7 +233,7 @@ class ServerTarget:
             response = httpx.get(self.url + "/metrics", timeout=10.0)
         except httpx.HTTPError:
             return {}
-        return dialect.parse_metrics(response.text) if response.status_code == 200 else {}
+        return self.dialect.parse_metrics(response.text) if response.status_code == 200 else {}
 
     def idle_metrics(self, before: dict[str, float]) -> dict[str, float]:
         """The metrics once the server holds no request (waits up to IDLE_WAIT_S); sets last_pool
@@ -236,12 +242,12 @@ class ServerTarget:
         end = time.monotonic() + IDLE_WAIT_S
         while True:
             now = self.metrics()
-            busy = now.get("vllm:num_requests_running", 0) + now.get("vllm:num_requests_waiting", 0)
-            if (not busy and not now.get("vllm:kv_cache_usage_perc", 0)) or time.monotonic() > end:
+            busy = now.get("running", 0) + now.get("waiting", 0)
+            if (not busy and not now.get("kv_usage", 0)) or time.monotonic() > end:
                 break
             time.sleep(0.05)
-        if self.num_blocks and "vllm:kv_cache_usage_perc" in now and before.get("vllm:kv_cache_usage_perc", 0) == 0:
-            used = round(now["vllm:kv_cache_usage_perc"] * self.num_blocks)
+        if self.num_blocks and "kv_usage" in now and before.get("kv_usage", 0) == 0:
+            used = round(now["kv_usage"] * self.num_blocks)
             self.last_pool = PoolAccount(total=self.num_blocks, free=self.num_blocks - used)
         elif self.num_blocks:
             reached("leak check skipped: the server was busy before the trace")
@@ -250,12 +256,23 @@ class ServerTarget:
     def check_alive(self) -> None:
         """Overridden by a managed server (which can tell whether its process died)."""
 
+    def check_healthy(self) -> None:
+        """The server still answers its health route after the trace."""
+        try:
+            status = httpx.get(self.url + "/health", timeout=10.0).status_code
+        except httpx.HTTPError as exc:
+            status = f"no answer ({type(exc).__name__})"
+        if status != 200:
+            self.check_alive()
+            raise Finding("crash", f"the server is unhealthy after the trace (/health: {status}); {self.describe_state()}",
+                          {"what": "unhealthy", "server_log": self.log_tail()})
+
     def describe_state(self) -> str:
         m = self.metrics()
         if not m:
             return "the server does not answer /metrics"
-        return (f"server: {m.get('vllm:num_requests_running', 0):g} running, {m.get('vllm:num_requests_waiting', 0):g} waiting, "
-                f"KV usage {m.get('vllm:kv_cache_usage_perc', 0):.3f}")
+        return (f"server: {m.get('running', 0):g} running, {m.get('waiting', 0):g} waiting, "
+                f"KV usage {m.get('kv_usage', 0):.3f}")
 
     def log_tail(self) -> str:
         return ""
@@ -288,6 +305,8 @@ class ManagedVLLMServer(ServerTarget):
         self.kv_bytes_per_token = kv_bytes_per_token(self.hf_model.config)
         self.server: ManagedServer | None = None
         self.starts: list[tuple[str, float]] = []  # (config, seconds to healthy)
+        self.per_config: dict[str, dict[str, float]] = {}  # config -> traces, requests, trace seconds, seconds served
+        self._serving_since: float | None = None
 
     def use_config(self, config: EngineConfig) -> None:
         """Run ``config`` from now on: the server is (re)started with its flags."""
@@ -296,15 +315,16 @@ class ManagedVLLMServer(ServerTarget):
         self.stop()
         self.fixed_config = config
         argv = [self.python, "-m", "fuzzcache.targets.serve.vllm_cli", "serve", self.model, "--port", str(free_port()), *managed_flags(),
-                *dialect.server_flags(config, self.kv_bytes_per_token, MAX_MODEL_LEN)]
+                *self.dialect.server_flags(config, self.kv_bytes_per_token, MAX_MODEL_LEN)]
         port = int(argv[argv.index("--port") + 1])
         self.server = ManagedServer(argv, port, env={**ENV, **self.extra_env}, name="vllm-server")
         self.url = self.server.url
         with time_limit_paused():  # a start-up is not the engine making no progress
             self.server.start()
         self.starts.append((config_name(config, self.config_shards), self.server.start_seconds or 0.0))
+        self._serving_since = time.monotonic()
         text = httpx.get(self.url + "/metrics", timeout=10.0).text
-        self.num_blocks = int(dialect.metric_label(text, "vllm:cache_config_info", "num_gpu_blocks") or 0) or None
+        self.num_blocks = self.dialect.server_config(text)[2]
 
     def ensure_config(self, config: EngineConfig) -> None:
         if config.block_size % 32:
@@ -357,7 +377,17 @@ class ManagedVLLMServer(ServerTarget):
     def log_tail(self) -> str:
         return self.server.log_tail() if self.server is not None else ""
 
+    def count_trace(self, requests: int, seconds: float) -> None:
+        stats = self.per_config.setdefault(config_name(self.fixed_config, self.config_shards), {"traces": 0, "requests": 0, "trace_seconds": 0.0, "served_seconds": 0.0})
+        stats["traces"] += 1
+        stats["requests"] += requests
+        stats["trace_seconds"] += seconds
+
     def stop(self) -> None:
+        if self._serving_since is not None:  # the time this config's server was up, for its traces/s
+            stats = self.per_config.setdefault(config_name(self.fixed_config, self.config_shards), {"traces": 0, "requests": 0, "trace_seconds": 0.0, "served_seconds": 0.0})
+            stats["served_seconds"] += time.monotonic() - self._serving_since
+            self._serving_since = None
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -366,7 +396,19 @@ class ManagedVLLMServer(ServerTarget):
         self.stop()
 
     def report(self) -> dict:
-        return super().report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts]}
+        """requests/s and start-ups, and per config: traces, requests, traces/s while it served,
+        requests/s while traces ran."""
+        current = config_name(self.fixed_config, self.config_shards)
+        serving = time.monotonic() - self._serving_since if self._serving_since is not None else 0.0
+
+        def served(name: str, s: dict) -> float:
+            return s["served_seconds"] + (serving if name == current else 0.0)
+
+        per_config = {name: {"traces": s["traces"], "requests": s["requests"],
+                             "traces_per_s": round(s["traces"] / served(name, s), 2) if served(name, s) else None,
+                             "requests_per_s": round(s["requests"] / s["trace_seconds"], 1) if s["trace_seconds"] else None}
+                      for name, s in self.per_config.items()}
+        return super().report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts], "per_config": per_config}
 
 
 def write_tiny_model(arch: str, folder) -> torch.nn.Module:
@@ -431,14 +473,13 @@ def attach(url: str, name: str | None = None) -> ServerTarget:
         raise UnknownTarget(f"vllm-server:{url}: the server has no tokenizer (--skip-tokenizer-init), so its vocabulary size cannot be asked "
                             f"without risking its engine (an out-of-vocabulary token id kills it: corpus/vllm-skip-tokenizer-oov-kills-engine.md); "
                             f"give it: vllm-server:{base}?vocab=N")
-    block = int(dialect.metric_label(metrics, "vllm:cache_config_info", "block_size") or 16)
-    prefix = dialect.metric_label(metrics, "vllm:cache_config_info", "enable_prefix_caching") == "True"
-    config = EngineConfig(block_size=block, prefix_cache=prefix)
+    block, prefix, blocks = vllm_dialect.server_config(metrics)
+    config = EngineConfig(block_size=block or 16, prefix_cache=prefix)
     tol = Tolerance(tie=float(options.get("tie", ATTACHED_TOLERANCE.tie)), logits=float(options.get("logprobs", ATTACHED_TOLERANCE.logits)))
     max_logprobs = int(options.get("max_logprobs", 20))
     target = ServerTarget(name or f"vllm-server:{base}", base, card["id"], vocab, int(card.get("max_model_len") or MAX_MODEL_LEN), config,
                           tol, full_logprobs=vocab <= max_logprobs, max_logprobs=max_logprobs)
-    target.num_blocks = int(dialect.metric_label(metrics, "vllm:cache_config_info", "num_gpu_blocks") or 0) or None
+    target.num_blocks = blocks
     return target
 
 
@@ -451,7 +492,7 @@ def learn_vocab(base: str, model: str) -> int | None:
     low, high = 1, 1 << 22  # low is in the vocabulary, high is not
     while high - low > 1:
         mid = (low + high) // 2
-        status = httpx.post(base + dialect.COMPLETIONS, json={"model": model, "prompt": [mid], "max_tokens": 1}, timeout=30.0).status_code
+        status = httpx.post(base + self.dialect.COMPLETIONS, json={"model": model, "prompt": [mid], "max_tokens": 1}, timeout=30.0).status_code
         low, high = (mid, high) if status == 200 else (low, mid)
     return high
 

@@ -92,14 +92,28 @@ def greedy_body(model: str, prompt: Sequence[int], n: int, salt: str) -> dict:
             "return_token_ids": True, "cache_salt": salt}
 
 
+# vLLM's metric -> the name every dialect reports it under
+SIGNALS = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting",
+           "vllm:kv_cache_usage_perc": "kv_usage", "vllm:num_preemptions_total": "preemptions"}
+
+
 def parse_metrics(text: str) -> dict[str, float]:
-    """vLLM's Prometheus metrics, summed over labels (one engine): name -> value."""
+    """vLLM's Prometheus metrics, summed over labels (one engine): name -> value; the signals a
+    server target reads also under their dialect-neutral names (``SIGNALS``)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
         m = METRIC.match(line.strip())
         if m and m.group(3) != "NaN":
             out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(3))
-    return out
+    return out | {common: out[name] for name, common in SIGNALS.items() if name in out}
+
+
+def server_config(text: str) -> tuple[int | None, bool, int | None]:
+    """(block size, prefix caching, blocks in the pool) from the metrics' ``cache_config_info``."""
+    block = metric_label(text, "vllm:cache_config_info", "block_size")
+    blocks = metric_label(text, "vllm:cache_config_info", "num_gpu_blocks")
+    prefix = metric_label(text, "vllm:cache_config_info", "enable_prefix_caching") == "True"
+    return (int(block) if block else None), prefix, (int(blocks) if blocks and blocks != "None" else None)
 
 
 def metric_label(text: str, name: str, label: str) -> str | None:
