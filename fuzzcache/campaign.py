@@ -128,15 +128,17 @@ def run_campaign(
     whose run could not complete is done. ``progress`` is told after every example.
 
     A target that runs one config at a time (a managed server: ``config_shards``, a name ->
-    EngineConfig mapping, and ``use_config``) gets an equal share of the budget per config, in
-    turn; a config whose server does not start is reported as every property's error."""
+    EngineConfig mapping, or ``shards_for_budget(budget_s)`` returning one, and ``use_config``)
+    gets an equal share of the budget per config, in turn; a config whose server does not start
+    is reported as every property's error."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
     database = database if database is not None else base_settings.database
     database = KeepingFailures(database) if database is not None else None  # keep-going must not evict failures
     start = time.monotonic()
     interrupted = False
     tick = (lambda: progress(rows_of(totals), time.monotonic() - start)) if progress else (lambda: None)  # noqa: E731
-    shards = list((getattr(target, "config_shards", None) or {}).items()) or [(None, None)]
+    shards_for = getattr(target, "shards_for_budget", None)
+    shards = list((shards_for(budget_s) if callable(shards_for) else getattr(target, "config_shards", None) or {}).items()) or [(None, None)]
     try:
         active = list(properties)
         s = Settings(base_settings, database=database, derandomize=False)

@@ -255,7 +255,9 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, isolate)
 
 def _corpus_root(path: Path, case) -> Path:
     """The corpus folder of ``corpus/<target>/<property>/crash-*.json``; else ``path``'s folder."""
-    if path.parent.name == case.property and path.parent.parent.name == case.target:
+    from fuzzcache.corpus import target_dir
+
+    if path.parent.name == case.property and path.parent.parent.name == target_dir(case.target):
         return path.parent.parent.parent
     return path.parent
 

@@ -56,8 +56,13 @@ def case_hash(target: str, property_id: str, scenario: Any, target_options: dict
     return hashlib.sha1(canonical([key, property_id, to_jsonable(scenario)]).encode()).hexdigest()
 
 
+def target_dir(target: str) -> str:
+    """The corpus folder name of a target (an attached server's URL without its slashes)."""
+    return target.replace("://", "-").replace("/", "-")
+
+
 def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path:
-    return Path(corpus_dir) / target.replace("://", "-").replace("/", "-") / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
+    return Path(corpus_dir) / target_dir(target) / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
 
 
 def find(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path | None:

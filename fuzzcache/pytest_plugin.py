@@ -60,8 +60,9 @@ def pytest_collect_file(file_path: Path, parent):
 # Target families whose engine lives in an environment of its own (README): their corpus files
 # carry the family's marker, and are skipped, naming that environment, where the engine is missing.
 ENGINE_ENVIRONMENTS = {"vllm": ("vllm", ".venv-vllm"), "vllm-server": ("vllm", ".venv-vllm"),
+                       "fuzzcache.targets.vllm.planted": ("vllm", ".venv-vllm"), "fuzzcache.targets.serve.planted": ("vllm", ".venv-vllm"),
                        "llamacpp": ("llama_cpp", "an environment with the llamacpp extra")}  # family -> (module, environment)
-MARKERS = {"vllm-server": "vllm"}  # a family's marker, where it is not the family's name
+MARKERS = {"vllm-server": "vllm", "fuzzcache.targets.vllm.planted": "vllm", "fuzzcache.targets.serve.planted": "vllm"}  # where not the family's name
 
 
 def engine_family(path: Path) -> str | None:

@@ -140,9 +140,13 @@ def config_variants(c: EngineConfig, target) -> Iterator[EngineConfig]:
 
 def trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario | Reduced]:
     """``request_trace_reductions``, each whose prompts changed followed by the same with its stop
-    tokens moved along (``restopped``)."""
+    tokens moved along (``restopped``). A target that runs one config of its own (a server's
+    flags, ``fixed_config``) keeps it: another config is a restart."""
     stops: dict | None = None  # of ``s``, computed at the first candidate that needs them
+    fixed = getattr(target, "fixed_config", None) is not None
     for candidate in request_trace_reductions(s, target):
+        if fixed and (candidate.scenario if isinstance(candidate, Reduced) else candidate).config != s.config:
+            continue
         yield candidate
         if not isinstance(candidate, Reduced) and any(r.stop for r in candidate.requests):
             stops = stop_steps(s, target) if stops is None else stops
@@ -185,12 +189,11 @@ def request_trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario
     values toward 0; fewer tokens traded for a later start or smaller blocks; finally rids
     renumbered 0..n-1. A pool limit follows what the requests need (``with_pool``)."""
     reqs = s.requests
-    fixed = getattr(target, "fixed_config", None) is not None  # a server's flags: another config is a restart
     for fewer in fewer_tokens(reqs):
         yield from with_pool(s, fewer, s.config)
-    for config in () if fixed else config_variants(s.config, target):
+    for config in config_variants(s.config, target):
         yield from with_pool(s, reqs, config)
-    if pool_cost(s) > 1 and not fixed:
+    if pool_cost(s) > 1:
         yield dataclasses.replace(s, config=dataclasses.replace(s.config, num_blocks=min_pool(reqs, s.config)))
     yield from lifecycle_reductions(s)
     first = min(r.arrival for r in reqs)
@@ -209,8 +212,7 @@ def request_trace_reductions(s: TraceScenario, target) -> Iterator[TraceScenario
     # a batch limit or a smaller block gives back.
     for fewer in fewer_tokens(reqs):
         for requests, config in traded(fewer, s.config, target):
-            if not fixed or config == s.config:
-                yield from with_pool(s, requests, config)
+            yield from with_pool(s, requests, config)
     if [r.rid for r in reqs] != list(range(len(reqs))):
         renamed = {r.rid: i for i, r in enumerate(reqs)}
         yield Reduced(dataclasses.replace(s, requests=tuple(dataclasses.replace(r, rid=i) for i, r in enumerate(reqs))), renamed)

@@ -123,12 +123,7 @@ def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len
 
 
 def target_trace_scenarios(target, focus: str | None = None, features: frozenset[str] | None = None) -> st.SearchStrategy[TraceScenario]:
-    """trace_scenarios over what ``target`` declares: its features (or ``features``) and its Traits;
-    for a target that runs one config of its own (``fixed_config``, a server), server traces."""
-    if getattr(target, "fixed_config", None) is not None:
-        from strategies.server import server_trace_scenarios
-
-        return server_trace_scenarios(target)
+    """trace_scenarios over what ``target`` declares: its features (or ``features``) and its Traits."""
     return trace_scenarios(
         frozenset(target.features) if features is None else features, target.vocab_size, target.max_seq_len, focus, traits_of(target),
         oracle_greedy(target),

@@ -60,13 +60,14 @@ def server_trace_scenarios(draw, target) -> TraceScenario:
 
 @st.composite
 def server_lifecycles(draw, request: Request, target, greedy) -> Request:
-    """A stop token, a client abort after k streamed tokens, n continuations: each about one time in three."""
+    """A stop token, a client abort after k < max_new_tokens streamed tokens, n continuations:
+    each about one time in three."""
     fields: dict = {}
     features = frozenset(target.features)
     if "stop" in features and greedy is not None and draw(st.integers(0, 2)) == 2:
         fields["stop"] = draw(stop_tokens(request, target.fixed_config.block_size, target.vocab_size, greedy))
     if "abort" in features and draw(st.integers(0, 2)) == 2:
-        fields["abort_at"] = request.arrival + draw(st.integers(0, request.max_new_tokens))
+        fields["abort_at"] = request.arrival + draw(st.integers(0, request.max_new_tokens - 1))  # closed before its last token
     if "fork" in features and draw(st.integers(0, 2)) == 2:
         fields["n"] = draw(st.integers(2, MAX_FORKS))
     return dataclasses.replace(request, **fields)

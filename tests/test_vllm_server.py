@@ -114,7 +114,7 @@ def test_a_bounded_fuzz_run_finds_nothing_on_the_unpatched_server(server, tmp_pa
 
 
 @pytest.mark.xdist_group("vllm-server")
-def test_a_config_other_than_the_servers_restarts_it_and_an_unusable_one_is_refused(server):
+def test_a_config_the_server_cannot_run_is_refused_without_touching_the_server(server):
     with pytest.raises(ValueError, match="EngineConfig.block_size=16"):
         server.generate([Request(0, (1, 2), 1)], dataclasses.replace(server.fixed_config, block_size=16))
     assert server.server.alive()  # refused before anything was stopped

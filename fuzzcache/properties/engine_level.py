@@ -21,6 +21,7 @@ from fuzzcache.guard import Unsupported, call_target
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.scenario import TraceScenario
 from strategies.engine import target_trace_scenarios
+from strategies.server import server_trace_scenarios
 
 from hypothesis import reject
 from hypothesis.control import currently_in_test_context
@@ -190,12 +191,20 @@ def check_trace(target, scenario: TraceScenario) -> list:
     return completions
 
 
+def traces_for(target):
+    """Request traces for ``target``: over the configs it declares, or, for a target that runs
+    one config of its own (``fixed_config``, a server's flags), server traces for that config."""
+    if getattr(target, "fixed_config", None) is not None:
+        return server_trace_scenarios(target)
+    return target_trace_scenarios(target)
+
+
 register(Property(
     id="engine.trace",
     level="engine",
     description="generate() equals the oracle's greedy continuation for every request of a trace",
     scenario_type=TraceScenario,
-    strategy=lambda t: target_trace_scenarios(t),
+    strategy=traces_for,
     check=check_trace,
 ))
 

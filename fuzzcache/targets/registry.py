@@ -30,6 +30,7 @@ FAMILIES = {
     "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
                  "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
 }
+EXTRA_MODULES = ("httpx", "vllm", "llama_cpp", "gguf", "transformers", "tokenizers")  # what the engine extras install
 REQUIRED_ATTRS = ("name", "vocab_size", "max_seq_len", "features", "reference_logits", "generate")
 
 
@@ -91,7 +92,9 @@ def build_target(spec: str, dtype: str | None = None, device: str | None = None)
         module_name, factory, what = FAMILIES[family]
         try:
             module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # an extra that is not installed
+        except ModuleNotFoundError as exc:
+            if exc.name not in EXTRA_MODULES:
+                raise  # a bug of fuzzcache's own, not a missing extra
             raise UnknownTarget(f"target {spec!r} needs the module {exc.name!r}, which is not installed: {what}") from exc
         return getattr(module, factory)(name, **options)
     for ep in entry_points(group=ENTRY_POINT_GROUP):

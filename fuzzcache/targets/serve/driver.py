@@ -71,13 +71,13 @@ async def _run(base_url: str, calls: list[Call], tokens_in, deadline_s: float, h
         start = time.monotonic()
         tasks = [asyncio.create_task(_one(client, call, result, tokens_in, start, in_flight)) for call, result in zip(calls, results)]
         done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        open_calls = [r for r in results if not r.ended_s]  # before the cancel below ends them
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)  # closes their streams: the server sees the client go
         for task in done:
             task.result()  # a bug of the driver itself surfaces here
         if pending:
-            open_calls = [r for r in results if not r.ended_s]
             raise Deadline(f"{len(open_calls)} of {len(calls)} requests unfinished after {deadline_s:g}s "
                            f"({', '.join(f'request {r.key[0]}' + (f' continuation {r.key[1]}' if r.key[1] else '') + f': {r.tokens} tokens' for r in open_calls)})",
                            results)

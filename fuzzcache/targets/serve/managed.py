@@ -48,7 +48,10 @@ class ManagedServer:
                  log_path: Path | None = None, name: str = "server"):
         self.argv, self.port, self.env, self.health, self.name = list(argv), port, dict(env or {}), health, name
         self.url = f"http://127.0.0.1:{port}"
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"fuzzcache-{name}-", suffix=".log")[1])
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix=f"fuzzcache-{name}-", suffix=".log")
+            os.close(fd)
+        self.log_path = Path(log_path)
         self.process: subprocess.Popen | None = None
         self.start_seconds: float | None = None
 
@@ -63,7 +66,9 @@ class ManagedServer:
         atexit.register(self.stop)
         while time.monotonic() - began < timeout_s:
             if self.process.poll() is not None:
-                raise ServerFailed(f"{self.name} exited with status {self.process.returncode} while starting: {' '.join(self.argv)}\n{self.log_tail()}")
+                returncode = self.process.returncode
+                self.stop()  # what it started in its group, if anything
+                raise ServerFailed(f"{self.name} exited with status {returncode} while starting: {' '.join(self.argv)}\n{self.log_tail()}")
             if self.healthy(timeout_s=2.0):
                 self.start_seconds = time.monotonic() - began
                 return self

@@ -36,6 +36,7 @@ import dataclasses
 import importlib.util
 import math
 import os
+import random
 import sys
 import tempfile
 import time
@@ -57,9 +58,10 @@ from fuzzcache.targets.serve.managed import ManagedServer, ServerFailed, free_po
 
 TICK_S = 0.02  # wall-clock seconds per contract step of arrival
 DEADLINE_S = 45.0  # a trace's requests all end within this (the guard's hang limit is 60 s)
-IDLE_WAIT_S = 3.0  # after a trace: how long the server may take to free what it held
+IDLE_WAIT_S = 5.0  # after a trace: how long the server may take to let go of its requests and free their blocks
 ARCHITECTURES = ("llama", "qwen2")
 MAX_MODEL_LEN = 256
+FULL_LOGPROBS_MAX = 4096  # an attached server's log-probs are compared in full up to this vocabulary (and its --max-logprobs)
 # Measured (README, "Fuzz your deployment"): the managed CPU server's streamed log-probs equal its
 # own recompute's exactly (0.0) and the HF forward's within 1.2e-4, as for vllm:<arch>.
 MANAGED_TOLERANCE = Tolerance(tie=1e-3, logits=1e-3)
@@ -71,6 +73,27 @@ SERVER_CONFIGS = {
     "tight-pool": EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=8, num_blocks=10, max_batch_tokens=64, chunk_size=32),
     "spec": EngineConfig(block_size=64, prefix_cache=True, max_num_seqs=4, spec_k=3, draft="prompt_lookup"),
 }
+SHARD_MIN_S = 180.0  # a longer campaign adds drawn configs, each served for at least this long (a start-up is ~40 s)
+
+
+def drawn_config(rng: random.Random) -> EngineConfig:
+    """A server config drawn from the space ``vllm serve`` offers here: block size 32 or 64,
+    prefix caching on or off, 1-8 running requests, a token budget and a long-prefill threshold
+    or none, a pool from the smallest vLLM starts with (one full-length request) up, n-gram
+    speculation with 1-4 drafts. Combinations that hit vLLM's triaged scheduler bugs (a budget
+    below 1 + k drafts: corpus/vllm-spec-pad-starves-small-budget.md; a threshold at most k:
+    corpus/vllm-spec-pad-clipped-by-threshold.md) are not drawn: they would end the server."""
+    block = rng.choice((32, 64))
+    seqs = rng.randint(1, 8)
+    spec_k = rng.choice((0, 0, 1, 2, 3, 4))
+    budget = rng.choice((None, rng.randint(max(seqs, 1 + spec_k, 16), 256)))
+    threshold = rng.choice((None, rng.randint(spec_k + 1, 64)))
+    least = -(-MAX_MODEL_LEN // block)  # vLLM refuses to start with less than one request at full length
+    pool = rng.choice((None, least + rng.randint(0, 8)))
+    return EngineConfig(block_size=block, prefix_cache=rng.random() < 0.75, max_num_seqs=seqs, max_batch_tokens=budget, chunk_size=threshold,
+                        num_blocks=pool, spec_k=spec_k, draft="prompt_lookup" if spec_k else EngineConfig().draft)
+
+
 ENV = {"OMP_NUM_THREADS": "1", "TORCHDYNAMO_DISABLE": "1", "OMP_WAIT_POLICY": "PASSIVE", "NUMBA_NUM_THREADS": "1",
        "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_SERVER_DEV_MODE": "1",  # for /reset_prefix_cache
        "VLLM_CPU_KVCACHE_SPACE": None}  # unset: it would silently override --kv-cache-memory-bytes, which sizes the pool
@@ -137,9 +160,12 @@ class ServerTarget:
     # -- the contract -------------------------------------------------------------------------
 
     def ensure_config(self, config: EngineConfig) -> None:
-        """An attached server runs its own config: any other is refused (not a finding)."""
-        if config != self.fixed_config:
-            raise ValueError(f"EngineConfig {config}: the attached server at {self.url} runs {self.fixed_config}")
+        """An attached server runs its own config: any other is refused, naming the first field
+        that differs (``Unsupported``, not a finding)."""
+        for field in dataclasses.fields(EngineConfig):
+            asked, runs = getattr(config, field.name), getattr(self.fixed_config, field.name)
+            if asked != runs:
+                raise ValueError(f"EngineConfig.{field.name}={asked!r}: the attached server at {self.url} runs {field.name}={runs!r}")
 
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         self.last_pool = None
@@ -152,9 +178,11 @@ class ServerTarget:
                  for r in requests if r.max_new_tokens for i in range(r.n)]
         before = self.metrics()
         try:
-            run = run_trace(self.url, calls, self.dialect.tokens_in, DEADLINE_S)
+            run = run_trace(self.url, calls, self.dialect.tokens_in, trace_deadline())
         except Deadline as exc:
-            raise TimeoutError(f"{exc}; {self.describe_state()}") from None
+            self.check_alive()
+            tail = self.log_tail()
+            raise TimeoutError(f"{exc}; {self.describe_state()}" + (f"\nserver log (tail):\n{tail}" if tail else "")) from None
         self.requests_sent += len(calls)
         self.trace_seconds += run.seconds
         self.count_trace(len(calls), run.seconds)
@@ -190,7 +218,7 @@ class ServerTarget:
             if self.full_logprobs:
                 logits = torch.tensor([[row.get(v, -math.inf) for v in range(self.vocab_size)] for row in rows]).reshape(len(rows), self.vocab_size)  # (new, V)
             stats = {"cached_prefix_tokens": cached or 0}
-            if s.closed:
+            if s.closed and not (tokens and tokens[-1] in request.stop):  # closed right at its stop token: it had ended
                 stats["abort_phase"] = 3 if tokens else 2  # mid-stream, or before its first token reached the client
             continuations.append(Completion(request.rid, tokens, logits, stats))
         first, *forks = continuations
@@ -246,6 +274,8 @@ class ServerTarget:
             if (not busy and not now.get("kv_usage", 0)) or time.monotonic() > end:
                 break
             time.sleep(0.05)
+        if busy and not before.get("running", 0) + before.get("waiting", 0):
+            raise TimeoutError(f"every client has its response, yet {IDLE_WAIT_S:g}s later the server still holds requests; {self.describe_state()}")
         if self.num_blocks and "kv_usage" in now and before.get("kv_usage", 0) == 0:
             used = round(now["kv_usage"] * self.num_blocks)
             self.last_pool = PoolAccount(total=self.num_blocks, free=self.num_blocks - used)
@@ -307,6 +337,16 @@ class ManagedVLLMServer(ServerTarget):
         self.starts: list[tuple[str, float]] = []  # (config, seconds to healthy)
         self.per_config: dict[str, dict[str, float]] = {}  # config -> traces, requests, trace seconds, seconds served
         self._serving_since: float | None = None
+
+    def shards_for_budget(self, budget_s: float, seed: int | None = None) -> dict[str, EngineConfig]:
+        """The configs a campaign of ``budget_s`` walks: the named ones, then configs drawn from
+        the server-config space (``drawn_config``) while each can still be served SHARD_MIN_S."""
+        shards = dict(self.config_shards)
+        rng = random.Random(seed)
+        while budget_s / (len(shards) + 1) >= SHARD_MIN_S:
+            shards[f"drawn-{len(shards) - len(self.config_shards) + 1}"] = drawn_config(rng)
+        self.config_shards = shards  # the report names each config
+        return shards
 
     def use_config(self, config: EngineConfig) -> None:
         """Run ``config`` from now on: the server is (re)started with its flags."""
@@ -421,6 +461,14 @@ def write_tiny_model(arch: str, folder) -> torch.nn.Module:
     return model
 
 
+def trace_deadline() -> float:
+    """Seconds a trace's requests have to end: DEADLINE_S, within the guard's limit per call
+    (``fuzz --example-timeout``) less what the cache reset, health and idle checks may take."""
+    from fuzzcache import guard
+
+    return max(5.0, min(DEADLINE_S, guard.TIME_LIMIT_S - 3 * IDLE_WAIT_S - 5.0))
+
+
 def managed_flags() -> list[str]:
     """Flags every managed server gets: float32 on the CPU, token ids in and out, the log-probs
     of the whole vocabulary, cached tokens per request."""
@@ -476,9 +524,10 @@ def attach(url: str, name: str | None = None) -> ServerTarget:
     block, prefix, blocks = vllm_dialect.server_config(metrics)
     config = EngineConfig(block_size=block or 16, prefix_cache=prefix)
     tol = Tolerance(tie=float(options.get("tie", ATTACHED_TOLERANCE.tie)), logits=float(options.get("logprobs", ATTACHED_TOLERANCE.logits)))
-    max_logprobs = int(options.get("max_logprobs", 20))
+    full = vocab <= FULL_LOGPROBS_MAX and httpx.post(base + vllm_dialect.COMPLETIONS, timeout=30.0, json={
+        "model": card["id"], "prompt": [0], "max_tokens": 1, "logprobs": vocab, "prompt_logprobs": -1}).status_code == 200  # --max-logprobs allows them
     target = ServerTarget(name or f"vllm-server:{base}", base, card["id"], vocab, int(card.get("max_model_len") or MAX_MODEL_LEN), config,
-                          tol, full_logprobs=vocab <= max_logprobs, max_logprobs=max_logprobs)
+                          tol, full_logprobs=full, max_logprobs=vocab if full else 1)
     target.num_blocks = blocks
     return target
 
@@ -492,7 +541,7 @@ def learn_vocab(base: str, model: str) -> int | None:
     low, high = 1, 1 << 22  # low is in the vocabulary, high is not
     while high - low > 1:
         mid = (low + high) // 2
-        status = httpx.post(base + self.dialect.COMPLETIONS, json={"model": model, "prompt": [mid], "max_tokens": 1}, timeout=30.0).status_code
+        status = httpx.post(base + vllm_dialect.COMPLETIONS, json={"model": model, "prompt": [mid], "max_tokens": 1}, timeout=30.0).status_code
         low, high = (mid, high) if status == 200 else (low, mid)
     return high
 
