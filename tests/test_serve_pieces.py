@@ -96,3 +96,20 @@ def test_server_traces_use_the_servers_config_and_fit_its_length():
         assert all(r.abort_at is None or r.arrival <= r.abort_at <= r.arrival + r.max_new_tokens for r in scenario.requests)
 
     given(server_trace_scenarios(target))(draws)()
+
+
+def test_drawn_server_configs_are_valid_and_avoid_the_triaged_scheduler_bugs():
+    import random
+
+    from fuzzcache.contract import validate_config
+    from fuzzcache.targets.serve.target import MAX_MODEL_LEN, drawn_config
+
+    rng = random.Random(0)
+    configs = [drawn_config(rng) for _ in range(300)]
+    for c in configs:
+        validate_config(c)
+        assert c.max_batch_tokens is None or c.max_batch_tokens >= max(c.max_num_seqs, 1 + c.spec_k)  # vllm-spec-pad-starves-small-budget
+        assert c.chunk_size is None or c.chunk_size > c.spec_k  # vllm-spec-pad-clipped-by-threshold
+        assert c.num_blocks is None or c.num_blocks * c.block_size >= MAX_MODEL_LEN  # vLLM starts only with one full-length request's room
+    assert {c.prefix_cache for c in configs} == {True, False} and {c.block_size for c in configs} == {32, 64}
+    assert any(c.spec_k for c in configs) and any(c.num_blocks for c in configs) and any(c.chunk_size for c in configs)
