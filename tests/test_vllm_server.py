@@ -40,7 +40,7 @@ TRACE = settings(max_examples=12, deadline=None, database=None, derandomize=True
 
 @pytest.fixture(scope="module")
 def server():
-    """vllm-server:llama on the small-pool config: prefix caching, 10 blocks of 32, a 64-token budget."""
+    """vllm-server:llama on the small-pool config: prefix caching, 8 blocks of 32, a 64-token budget."""
     target = resolve_target("vllm-server:llama")
     target.use_config(target.config_shards["tight-pool"])
     yield target

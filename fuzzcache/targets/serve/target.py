@@ -70,7 +70,7 @@ ATTACHED_TOLERANCE = TOLERANCES[torch.bfloat16]
 # The server configs a managed campaign walks, one shard of the budget each.
 SERVER_CONFIGS = {
     "prefix": EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=8),
-    "tight-pool": EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=8, num_blocks=10, max_batch_tokens=64, chunk_size=32),
+    "tight-pool": EngineConfig(block_size=32, prefix_cache=True, max_num_seqs=8, num_blocks=8, max_batch_tokens=64, chunk_size=32),
     "spec": EngineConfig(block_size=64, prefix_cache=True, max_num_seqs=4, spec_k=3, draft="prompt_lookup"),
 }
 SHARD_MIN_S = 180.0  # a longer campaign adds drawn configs, each served for at least this long (a start-up is ~40 s)
