@@ -59,7 +59,7 @@ class CampaignResult:
     totals: dict[str, PropertyTotals]
     seconds: float
     interrupted: bool
-    server: dict | None = None  # a server target's own account (``target.report()``): requests/s, start-ups
+    server: dict | None = None  # a server target's own account (``target.server_report()``): requests/s, start-ups
 
     @property
     def findings(self) -> list[Saved]:
@@ -170,7 +170,7 @@ def run_campaign(
         interrupted = True
         if isinstance(exc, Interrupted):  # what the interrupted property found is saved; report it
             totals[exc.run.property].add(exc.run)
-    server = target.report() if callable(getattr(target, "report", None)) else None
+    server = target.server_report() if callable(getattr(target, "server_report", None)) else None
     return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted, server)
 
 

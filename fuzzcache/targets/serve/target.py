@@ -201,7 +201,7 @@ class ServerTarget:
         return uuid.uuid4().hex
 
     def count_trace(self, requests: int, seconds: float) -> None:
-        """Per-config accounting: a managed server keeps it per config (``report``)."""
+        """Per-config accounting: a managed server keeps it per config (``server_report``)."""
 
     def _logprobs(self) -> int:
         return self.vocab_size if self.full_logprobs else 0
@@ -307,7 +307,7 @@ class ServerTarget:
     def log_tail(self) -> str:
         return ""
 
-    def report(self) -> dict:
+    def server_report(self) -> dict:
         """What a campaign reports about the server (requests/s)."""
         return {"url": self.url, "requests": self.requests_sent, "trace_seconds": round(self.trace_seconds, 2),
                 "requests_per_s": round(self.requests_sent / self.trace_seconds, 1) if self.trace_seconds else None}
@@ -435,7 +435,7 @@ class ManagedVLLMServer(ServerTarget):
     def close(self) -> None:
         self.stop()
 
-    def report(self) -> dict:
+    def server_report(self) -> dict:
         """requests/s and start-ups, and per config: traces, requests, traces/s while it served,
         requests/s while traces ran."""
         current = config_name(self.fixed_config, self.config_shards)
@@ -448,7 +448,7 @@ class ManagedVLLMServer(ServerTarget):
                              "traces_per_s": round(s["traces"] / served(name, s), 2) if served(name, s) else None,
                              "requests_per_s": round(s["requests"] / s["trace_seconds"], 1) if s["trace_seconds"] else None}
                       for name, s in self.per_config.items()}
-        return super().report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts], "per_config": per_config}
+        return super().server_report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts], "per_config": per_config}
 
 
 def write_tiny_model(arch: str, folder) -> torch.nn.Module:
