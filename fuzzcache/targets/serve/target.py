@@ -108,14 +108,13 @@ class ServerTarget:
     reruns = 3
 
     def __init__(self, name: str, url: str, model: str, vocab_size: int, max_seq_len: int, config: EngineConfig,
-                 tolerance: Tolerance, full_logprobs: bool, max_logprobs: int, dialect=vllm_dialect):
+                 tolerance: Tolerance, full_logprobs: bool, dialect=vllm_dialect):
         self.name, self.url, self.model = name, url, model
         self.dialect = dialect  # the server's request and response shapes (a module: fuzzcache.targets.serve.vllm)
         self.vocab_size, self.max_seq_len = vocab_size, max_seq_len
         self.fixed_config = config
         self.tolerance = tolerance
         self.full_logprobs = full_logprobs  # the server returns every token's log-prob (the vocabulary fits --max-logprobs)
-        self.max_logprobs = max_logprobs
         self.last_stats: dict[str, int] = {}
         self.last_pool: PoolAccount | None = None
         self.num_blocks: int | None = None
@@ -127,17 +126,16 @@ class ServerTarget:
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
         """[len(tokens), vocab] log-probs of the server's uncached recompute; row 0 (no
         prediction) is uniform. Entries the server did not return are -inf."""
-        rows = self._recompute(tokens)
-        out = torch.full((len(tokens), self.vocab_size), -math.inf)
-        out[0] = -math.log(self.vocab_size)
-        for i, row in enumerate(rows):
-            out[i + 1, list(row)] = torch.tensor(list(row.values()))
-        return out[:, : self.vocab_size]
+        uniform = {v: -math.log(self.vocab_size) for v in range(self.vocab_size)}
+        return self._dense([uniform, *self._recompute(tokens)])
 
     def reference_rows(self, prompt: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
         """[len(tokens), vocab]: the oracle's rows that chose each generated token (one recompute)."""
-        rows = self._recompute(list(prompt) + list(tokens))[len(prompt) - 1 : len(prompt) - 1 + len(tokens)]
-        out = torch.full((len(tokens), self.vocab_size), -math.inf)
+        return self._dense(self._recompute(list(prompt) + list(tokens))[len(prompt) - 1 : len(prompt) - 1 + len(tokens)])
+
+    def _dense(self, rows: list[dict[int, float]]) -> torch.Tensor:
+        """[len(rows), vocab] from rows {token id: log-prob}; what a row leaves out is -inf."""
+        out = torch.full((len(rows), self.vocab_size), -math.inf)
         for i, row in enumerate(rows):
             out[i, list(row)] = torch.tensor(list(row.values()))
         return out
@@ -331,7 +329,7 @@ class ManagedVLLMServer(ServerTarget):
         self.hf_model = write_tiny_model(arch, self._folder.name)
         config = next(iter(self.config_shards.values()))
         super().__init__(name or f"vllm-server:{arch}" + ("+hf-oracle" if oracle == "hf" else ""), "", self._folder.name, VOCAB_SIZE,
-                         MAX_MODEL_LEN, config, MANAGED_TOLERANCE, full_logprobs=True, max_logprobs=256)
+                         MAX_MODEL_LEN, config, MANAGED_TOLERANCE, full_logprobs=True)
         self.kv_bytes_per_token = kv_bytes_per_token(self.hf_model.config)
         self.server: ManagedServer | None = None
         self.starts: list[tuple[str, float]] = []  # (config, seconds to healthy)
@@ -527,7 +525,7 @@ def attach(url: str, name: str | None = None) -> ServerTarget:
     full = vocab <= FULL_LOGPROBS_MAX and httpx.post(base + vllm_dialect.COMPLETIONS, timeout=30.0, json={
         "model": card["id"], "prompt": [0], "max_tokens": 1, "logprobs": vocab, "prompt_logprobs": -1}).status_code == 200  # --max-logprobs allows them
     target = ServerTarget(name or f"vllm-server:{base}", base, card["id"], vocab, int(card.get("max_model_len") or MAX_MODEL_LEN), config,
-                          tol, full_logprobs=full, max_logprobs=vocab if full else 1)
+                          tol, full_logprobs=full)
     target.num_blocks = blocks
     return target
 
