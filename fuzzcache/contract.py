@@ -48,6 +48,9 @@ class EngineConfig:
     spec_k: int = 0  # draft tokens per step; 0 = off
     draft: str = "trigram"  # "bigram" | "trigram" | "prompt_lookup"
     interleave: bool = False  # decode rows and prefill chunks fused in one forward
+    # a server target's own flags beyond what the fields above map to (e.g. llama-server's
+    # ("--cache-reuse", "16")); other targets run none. Left out of a corpus file when empty.
+    server_flags: tuple[str, ...] = field(default=(), metadata={"omit_if_default": True})
 
 
 @dataclass

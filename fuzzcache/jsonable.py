@@ -9,9 +9,11 @@ from typing import Any
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses to dicts, tuples to lists, recursively."""
+    """Dataclasses to dicts, tuples to lists, recursively; a field marked ``omit_if_default`` is
+    left out at its default (a field added later keeps every earlier file and hash as it was)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, (list, tuple)):
         return [to_jsonable(x) for x in obj]
     return obj

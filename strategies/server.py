@@ -65,7 +65,10 @@ def server_lifecycles(draw, request: Request, target, greedy) -> Request:
     fields: dict = {}
     features = frozenset(target.features)
     if "stop" in features and greedy is not None and draw(st.integers(0, 2)) == 2:
-        fields["stop"] = draw(stop_tokens(request, target.fixed_config.block_size, target.vocab_size, greedy))
+        unstoppable = frozenset(getattr(target, "unstoppable", ()))  # tokens the server cannot stop on (llama-server: tokens without text)
+        stop = tuple(t for t in draw(stop_tokens(request, target.fixed_config.block_size, target.vocab_size, greedy)) if t not in unstoppable)
+        if stop:
+            fields["stop"] = stop
     if "abort" in features and draw(st.integers(0, 2)) == 2:
         fields["abort_at"] = request.arrival + draw(st.integers(0, request.max_new_tokens - 1))  # closed before its last token
     if "fork" in features and draw(st.integers(0, 2)) == 2:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 
 import torch
@@ -156,12 +157,16 @@ def oracle_rows(target, prompt, tokens) -> torch.Tensor:
     return full[len(prompt) - 1 : len(prompt) - 1 + len(tokens)].float()
 
 
-def by_design(target, requests) -> bool:
+def by_design(target, requests, rid: int | None = None) -> bool:
     """The target declares divergence on this trace expected by design (optional
-    ``target.divergence_by_design(requests) -> str | None``, e.g. dynamic RoPE past its original
-    length): recorded as a path, never reported as a finding."""
+    ``target.divergence_by_design(requests[, rid]) -> str | None``, e.g. dynamic RoPE past its
+    original length; ``rid``: the request that diverged, for a judge that takes it): recorded as a
+    path, never reported as a finding."""
     judge = getattr(target, "divergence_by_design", None)
-    reason = judge(requests) if judge is not None else None
+    if judge is None:
+        return False
+    takes_rid = len(inspect.signature(judge).parameters) >= 2
+    reason = judge(requests, rid) if takes_rid else judge(requests)
     if reason:
         reached(f"divergence by design: {reason}")
     return bool(reason)
@@ -176,7 +181,7 @@ def check_trace(target, scenario: TraceScenario) -> list:
         if not comp.tokens:
             continue
         result = compare_request(req.rid, list(comp.tokens), oracle_rows(target, req.prompt, comp.tokens), getattr(comp, "logits", None), tol)
-        if result.divergence and by_design(target, scenario.requests):
+        if result.divergence and by_design(target, scenario.requests, req.rid):
             continue
         if result.divergence:
             d = result.divergence
@@ -236,7 +241,7 @@ def assert_same_outputs(target, requests, a: list, b: list, name_a: str, name_b:
             n = min(len(ta), len(tb)) if step is None else step + 1
             diff = (la[:n].float() - lb[:n].float()).abs().amax(-1) if n else torch.zeros(0)
             bad = (diff > tol.logits).nonzero()
-            if len(bad) and by_design(target, requests):
+            if len(bad) and by_design(target, requests, req.rid):
                 continue
             if len(bad):
                 i = int(bad[0])
@@ -248,7 +253,7 @@ def assert_same_outputs(target, requests, a: list, b: list, name_a: str, name_b:
             continue
         row = oracle_rows(target, req.prompt, ta[: step + 1])[-1]
         margin = abs(float(row[ta[step]] - row[tb[step]]))
-        if (margin > tol.tie or math.isnan(margin)) and by_design(target, requests):
+        if (margin > tol.tie or math.isnan(margin)) and by_design(target, requests, req.rid):
             continue
         if margin > tol.tie or math.isnan(margin):
             raise mismatch(

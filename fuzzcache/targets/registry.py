@@ -27,6 +27,9 @@ FAMILIES = {
     "vllm-server": ("fuzzcache.targets.serve.target", "VLLMServerTarget",
                     "vllm-server:<arch>[+hf-oracle] (vLLM's OpenAI-compatible server, started by fuzzcache) or vllm-server:http://HOST:PORT "
                     "(a running one); needs httpx (the serve extra), and the vllm extra to start one"),
+    "llama-server": ("fuzzcache.targets.serve.llama_target", "llama_server_target",
+                     "llama-server:<arch>[+hf-oracle] (llama.cpp's server, built and started by fuzzcache) or llama-server:http://HOST:PORT?vocab=N "
+                     "(a running one); needs httpx (the serve extra), and cmake and a C++ compiler to build one"),
     "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
                  "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
 }

@@ -4,7 +4,9 @@ Tensor names and the q/k row permutation follow llama.cpp's own ``convert_hf_to_
 llama.cpp's "llama" graph rotates interleaved pairs (NORM RoPE), so HF's rotate-half rows of
 q and k are permuted into pairs; "qwen2" uses NEOX RoPE (rotate-half) and keeps them. All
 tensors are f32. The vocabulary is a placeholder SPM list (``<unk>``, ``<s>``, ``</s>``, then
-``t3``...): fuzzcache feeds token ids, never text.
+``t03``...): fuzzcache feeds token ids, and reads text only where a server can stop on nothing
+else (llama-server's stop strings): every token's text has one width, so it never occurs inside
+another's or across two.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def write_gguf(model, arch: str, path: str | Path) -> Path:
     writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(3, cfg.vocab_size)]
+    width = len(str(cfg.vocab_size - 1))  # one width: a token's text is never part of another's, so a stop string names one token
+    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i:0{width}d}" for i in range(3, cfg.vocab_size)]
     writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
     writer.add_token_scores([0.0] * len(tokens))

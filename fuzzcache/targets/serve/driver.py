@@ -26,6 +26,7 @@ class Call:
     body: dict  # the JSON body of a streamed completion
     start_s: float  # offset from the start of the trace
     close_after: int | None = None  # close the stream once this many tokens arrived (an abort); None: read it to the end
+    completions: int = 1  # a server that sends no "data: [DONE]": the stream is complete after this many final events
 
 
 @dataclass
@@ -58,18 +59,21 @@ class Deadline(TimeoutError):
         self.results = results
 
 
-def run_trace(base_url: str, calls: Sequence[Call], tokens_in: Callable[[dict], int], deadline_s: float, headers: dict | None = None) -> TraceRun:
-    """Send ``calls`` (concurrently, each at its offset) and read them; Deadline after ``deadline_s``."""
-    return asyncio.run(_run(base_url, list(calls), tokens_in, deadline_s, headers or {}))
+def run_trace(base_url: str, calls: Sequence[Call], tokens_in: Callable[[dict], int], deadline_s: float, headers: dict | None = None,
+              is_final: Callable[[dict], bool] | None = None) -> TraceRun:
+    """Send ``calls`` (concurrently, each at its offset) and read them; Deadline after
+    ``deadline_s``. A stream is complete at ``data: [DONE]``, or, for a server that sends none,
+    once ``is_final`` events of each of its completions arrived."""
+    return asyncio.run(_run(base_url, list(calls), tokens_in, deadline_s, headers or {}, is_final))
 
 
-async def _run(base_url: str, calls: list[Call], tokens_in, deadline_s: float, headers: dict) -> TraceRun:
+async def _run(base_url: str, calls: list[Call], tokens_in, deadline_s: float, headers: dict, is_final) -> TraceRun:
     results = [Streamed(c.key) for c in calls]
     in_flight = [0, 0]  # now, most
     limits = httpx.Limits(max_connections=max(8, len(calls)), max_keepalive_connections=0)  # a closed stream never reuses a connection
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(deadline_s, connect=10.0), limits=limits, headers=headers) as client:
         start = time.monotonic()
-        tasks = [asyncio.create_task(_one(client, call, result, tokens_in, start, in_flight)) for call, result in zip(calls, results)]
+        tasks = [asyncio.create_task(_one(client, call, result, tokens_in, start, in_flight, is_final)) for call, result in zip(calls, results)]
         done, pending = await asyncio.wait(tasks, timeout=deadline_s)
         open_calls = [r for r in results if not r.ended_s]  # before the cancel below ends them
         for task in pending:
@@ -84,7 +88,7 @@ async def _run(base_url: str, calls: list[Call], tokens_in, deadline_s: float, h
         return TraceRun(results, time.monotonic() - start, in_flight[1])
 
 
-async def _one(client: httpx.AsyncClient, call: Call, result: Streamed, tokens_in, start: float, in_flight: list[int]) -> None:
+async def _one(client: httpx.AsyncClient, call: Call, result: Streamed, tokens_in, start: float, in_flight: list[int], is_final) -> None:
     await asyncio.sleep(max(0.0, call.start_s - (time.monotonic() - start)))
     result.sent_s = time.monotonic() - start
     in_flight[0] += 1
@@ -111,6 +115,8 @@ async def _one(client: httpx.AsyncClient, call: Call, result: Streamed, tokens_i
                 if call.close_after is not None and result.tokens >= call.close_after:
                     result.closed = True  # leaving the block closes the connection mid-stream
                     break
+            if is_final is not None and sum(map(is_final, result.events)) >= call.completions:
+                result.complete = True
             if not result.complete and not result.closed:
                 result.error = "the stream ended without its final 'data: [DONE]'"
     except httpx.HTTPError as exc:

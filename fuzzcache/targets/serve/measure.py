@@ -1,11 +1,11 @@
-"""Measure how far a managed vLLM server's streamed log-probs are from both oracles, over drawn
+"""Measure how far a managed server's streamed log-probs are from both oracles, over drawn
 server traces (concurrency, shared prefixes, aborts, forks) on each server config:
 
-    python -m fuzzcache.targets.serve.measure [TRACES_PER_CONFIG]
+    python -m fuzzcache.targets.serve.measure [vllm|llama] [TRACES_PER_CONFIG]
 
 prints, per config, the largest |log-prob difference| against the server's own uncached recompute
 and against the HF forward over the same weights, and the requests it took. The README's
-tolerance for vllm-server:<arch> comes from this.
+tolerances for vllm-server:<arch> and llama-server:<arch> (per KV type) come from this.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import time
 
 from hypothesis import HealthCheck, given, settings
 
-from fuzzcache.targets.serve.target import ManagedVLLMServer
 from strategies.server import server_trace_scenarios
 
 
-def measure(target: ManagedVLLMServer, traces: int) -> dict:
+def measure(target, traces: int) -> dict:
     worst = {"server": 0.0, "hf": 0.0}
     count = {"requests": 0, "tokens": 0}
 
@@ -28,7 +27,7 @@ def measure(target: ManagedVLLMServer, traces: int) -> dict:
     def one(scenario):
         for request, completion in zip(scenario.requests, target.generate(scenario.requests, scenario.config)):
             for each in [completion, *completion.forks]:
-                if not each.tokens:
+                if not each.tokens or each.logits is None:  # llama-server: a speculative step's tokens come without rows
                     continue
                 count["requests"] += 1
                 count["tokens"] += len(each.tokens)
@@ -43,8 +42,16 @@ def measure(target: ManagedVLLMServer, traces: int) -> dict:
 
 
 def main() -> None:
-    traces = int(sys.argv[1]) if len(sys.argv) > 1 else 50
-    target = ManagedVLLMServer("llama")
+    family = sys.argv[1] if len(sys.argv) > 1 else "vllm"
+    traces = int(sys.argv[2]) if len(sys.argv) > 2 else 50
+    if family == "llama":
+        from fuzzcache.targets.serve.llama_target import MEASURED_CONFIGS, ManagedLlamaServer
+
+        target = ManagedLlamaServer("llama", configs=MEASURED_CONFIGS)
+    else:
+        from fuzzcache.targets.serve.target import ManagedVLLMServer
+
+        target = ManagedVLLMServer("llama")
     try:
         for name, config in target.config_shards.items():
             began = time.monotonic()

@@ -123,7 +123,8 @@ def metric_label(text: str, name: str, label: str) -> str | None:
 
 
 def server_flags(config: EngineConfig, kv_bytes_per_token: int, max_model_len: int) -> list[str]:
-    """``vllm serve`` flags for one EngineConfig (see ``fuzzcache.targets.serve`` for the mapping)."""
+    """``vllm serve`` flags for one EngineConfig (see ``fuzzcache.targets.serve`` for the mapping),
+    then the config's own ``server_flags``."""
     flags = ["--block-size", str(config.block_size), "--max-num-seqs", str(config.max_num_seqs),
              "--enable-prefix-caching" if config.prefix_cache else "--no-enable-prefix-caching"]
     if config.max_batch_tokens is not None:
@@ -136,4 +137,4 @@ def server_flags(config: EngineConfig, kv_bytes_per_token: int, max_model_len: i
         flags += ["--kv-cache-memory-bytes", str((config.max_num_seqs * max_model_len // config.block_size + 2) * config.block_size * kv_bytes_per_token)]
     if config.spec_k:
         flags += ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": %d, "prompt_lookup_min": 1, "prompt_lookup_max": 3}' % config.spec_k]
-    return flags
+    return flags + list(config.server_flags)
