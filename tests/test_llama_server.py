@@ -59,7 +59,7 @@ def checked_by_both_oracles(server, config: str, requests) -> list:
 
 
 TRACES = {  # kind -> (config, requests, the path it reaches)
-    "parallel slots": ("slots", [Request(i, A[: 10 + i], 24) for i in range(4)], "parallel slots busy at once: 4"),
+    "parallel slots": ("slots", [Request(i, A[: 10 + i], 48) for i in range(8)], "parallel slots busy at once (server metrics)"),
     "prefix kept in the slot": ("slots", [Request(0, A, 4), Request(1, A + (5, 6), 4, arrival=20)], "prompt cache: prefix kept in the request's slot"),
     "host-memory restore": ("host-cache", [Request(0, A, 3), Request(1, B, 3, arrival=10), Request(2, C, 3, arrival=20), Request(3, A + (5,), 3, arrival=30)],
                             "host-memory prompt cache: an earlier prompt restored into the slot"),
@@ -74,7 +74,7 @@ def test_a_hand_written_trace_agrees_with_both_oracles_and_reaches_its_path(serv
     config, requests, path = TRACES[kind]
     completions = checked_by_both_oracles(server, config, requests)
     paths = take()
-    assert paths[path] >= 1, (kind, paths)
+    assert sum(n for name, n in paths.items() if name.startswith(path)) >= 1, (kind, paths)
     assert paths["leak check"] >= 1 and server.last_pool.leaked == 0
     if kind == "prefix kept in the slot":
         assert completions[1].stats["cached_prefix_tokens"] == len(A)
@@ -105,10 +105,16 @@ def test_chunk_reuse_after_a_shift_is_by_design_only_when_the_trace_matches_with
     requests = (Request(0, P + Y + X + (41, 42), 3), Request(1, P + X + (43, 44), 3, arrival=10))
     completions = server.generate(requests, server.fixed_config)
     assert completions[1].stats["cached_prefix_tokens"] > len(P) and take()["chunk reuse after a shift (--cache-reuse)"] == 1
-    reason = server.divergence_by_design(requests)
+    reason = server.divergence_by_design(requests, 1)
     assert reason is not None and "n_cache_reuse 0" in reason  # without chunk reuse the same trace matches the oracle
-    server.last_reused = set()  # a trace that reused nothing: nothing is by design
-    assert server.divergence_by_design(requests) is None
+    assert server.divergence_by_design(requests, 0) is None  # request 0 reused nothing: its divergence would be reported
+    server.generate(requests, server.fixed_config)
+    real_rows = server.reference_rows
+    server.reference_rows = lambda prompt, tokens: real_rows(prompt, tokens).roll(1, dims=-1)  # an oracle the rerun cannot match
+    try:
+        assert server.divergence_by_design(requests, 1) is None  # diverging without chunk reuse too: not explained by it
+    finally:
+        del server.reference_rows
 
 
 @pytest.mark.parametrize("config", list(SERVER_CONFIGS))
@@ -148,7 +154,7 @@ def test_a_server_that_dies_is_a_crash_finding_with_its_log():
         target.fresh_cache = lambda: (target.server.process.kill(), target.server.process.wait())  # dies as the trace starts
         with pytest.raises(Finding) as found:
             target.generate([Request(0, (3, 4, 5), 2)], target.fixed_config)
-        assert found.value.kind == "crash" and "llama-server died" in found.value.message and "main: " in found.value.details["server_log"]
+        assert found.value.kind == "crash" and "llama-server died" in found.value.message and "listening on" in found.value.details["server_log"]
     finally:
         target.stop()
 
@@ -178,8 +184,7 @@ def test_a_bug_planted_in_llama_servers_cpp_is_caught_shrunk_and_the_stock_serve
     record = json.loads(run.found[0].path.read_text())
     assert len(case.scenario.requests) == 2, case.scenario.short()
     assert record["divergence"]["reproduced"].endswith("runs"), record["divergence"]
-    server.use_config(SERVER_CONFIGS["slots"])
-    assert replay(case, server) is None
+    assert replay(case, server) is None  # the stock server on the same config
 
 
 def test_the_planted_binary_is_a_second_build_and_the_stock_one_is_unchanged(server):

@@ -9,6 +9,8 @@ the patched file recompiles; ``llama_server_build``); the stock binary stays as 
 
 from __future__ import annotations
 
+import dataclasses
+
 from fuzzcache.targets.serve.llama_server_build import SourcePatch
 from fuzzcache.targets.serve.llama_target import SERVER_CONFIGS, ManagedLlamaServer
 
@@ -26,9 +28,10 @@ _PLANTED: dict[str, ManagedLlamaServer] = {}
 
 
 def prompt_cache_keeps_one_too_many(**options) -> ManagedLlamaServer:
-    """llama-server:llama whose slots keep one cached token too many of their previous prompt."""
+    """llama-server:llama whose slots keep one cached token too many of their previous prompt, on
+    one slot (every request reuses it, so the bug does not hang on which slot a request lands)."""
     name = "llama-server:llama+prompt_cache_keeps_one_too_many"
     if name not in _PLANTED:
         _PLANTED[name] = ManagedLlamaServer("llama", name=name, variant="prompt-cache-one-too-many", patch=PROMPT_CACHE_ONE_TOO_MANY,
-                                            configs={"slots": SERVER_CONFIGS["slots"]})
+                                            configs={"one slot": dataclasses.replace(SERVER_CONFIGS["slots"], max_num_seqs=1)})
     return _PLANTED[name]

@@ -19,7 +19,8 @@ tokens                    ``tokens`` of each event (``return_tokens``); ``index`
                           completion of an ``n_cmpl`` request
 log-probs                 ``completion_probabilities[0].top_logprobs`` (``n_probs`` = the
                           vocabulary: the model's softmax before sampling)
-cached prefix tokens      ``timings.cache_n`` of the final event
+cached prefix tokens      ``timings.cache_n`` (``timings_per_token``: in every event, so an aborted
+                          stream reports it too)
 oracle                    per position, one ``n_predict`` 1, ``cache_prompt: false`` request over
                           the prefix: its first token's row (llama-server has no prompt log-probs;
                           ``echo`` is accepted and ignored)
@@ -47,7 +48,7 @@ def token_text(token: int, vocab_size: int) -> str:
 def completion_body(request: Request, n_probs: int, vocab_size: int, n_cmpl: int = 1, cache_prompt: bool = True) -> dict:
     """A streamed greedy completion of ``request``'s prompt (``n_cmpl`` continuations)."""
     body = {"prompt": list(request.prompt), "n_predict": request.max_new_tokens, "temperature": 0.0, "ignore_eos": True,
-            "return_tokens": True, "stream": True, "cache_prompt": cache_prompt, "n_probs": n_probs}
+            "return_tokens": True, "stream": True, "cache_prompt": cache_prompt, "n_probs": n_probs, "timings_per_token": True}
     if request.stop:
         body["stop"] = [token_text(t, vocab_size) for t in sorted(request.stop)]
     if n_cmpl > 1:
@@ -76,13 +77,13 @@ def read_stream(events: Sequence[dict]) -> dict[int, tuple[list[int], list[dict[
     prompt tokens, stop type: "limit", "word" or "eos")."""
     out: dict[int, tuple[list[int], list[dict[int, float]], int | None, str | None]] = {}
     for event in events:
-        tokens, rows, cached, stop = out.setdefault(int(event.get("index", 0)), ([], [], None, None))
+        index = int(event.get("index", 0))
+        tokens, rows, cached, stop = out.setdefault(index, ([], [], None, None))
         tokens += event.get("tokens") or []
         for prob in event.get("completion_probabilities") or []:
             rows.append({int(p["id"]): float(p["logprob"]) for p in prob["top_logprobs"]})
-        if is_final(event):
-            index = int(event.get("index", 0))
-            out[index] = (tokens, rows, (event.get("timings") or {}).get("cache_n", event.get("tokens_cached")), event.get("stop_type"))
+        cached = (event.get("timings") or {}).get("cache_n", cached)  # every event's, with timings_per_token: an aborted stream has it too
+        out[index] = (tokens, rows, cached, event.get("stop_type") if is_final(event) else stop)
     return out
 
 
