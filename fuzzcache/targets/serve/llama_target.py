@@ -51,13 +51,13 @@ from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding
 from fuzzcache.guard import Unsupported, time_limit_paused
 from fuzzcache.targets.serve import llama_server as dialect
+from fuzzcache.targets.serve.config_stats import ConfigStats
 from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
 from fuzzcache.targets.serve.llama_server_build import SourcePatch, llama_server_binary
 from fuzzcache.targets.serve.managed import ManagedServer, free_port
 from fuzzcache.targets.serve.target import (DEADLINE_S, IDLE_WAIT_S, MAX_MODEL_LEN, TICK_S, ServerTarget, config_name,
-                                            trace_deadline, write_tiny_model)
+                                            managed_or_attached, trace_deadline, write_tiny_model)
 
-ARCHITECTURES = ("llama", "qwen2")
 NEVER = -1e9  # the log-prob both the server's rows and the oracle's give the end-of-generation tokens (ignore_eos)
 SLOT_CTX = MAX_MODEL_LEN  # tokens per slot (llama-server caps a slot at the model's trained context anyway)
 F32_KV = ("-ctk", "f32", "-ctv", "f32", "-fa", "off")  # exact: an f32 cache, no flash attention (its default "auto" may pick it)
@@ -273,6 +273,8 @@ class LlamaServerTarget(ServerTarget):
                 reached("repeat of an earlier prompt: warm (prefix hit)" if cached else "repeat of an earlier prompt: cold (no prefix hit)")
             if not cached:
                 continue
+            if self.chunk_reuse and cached > exact_slot:  # more than its slot's exact prefix: chunks may make up the rest
+                self.last_reused.add(r.rid)
             host_cache = flag_value(self.fixed_config, "--cache-ram", "8192") != "0"  # llama-server's default: 8192 MiB
             if slot is None and cached <= exact_any:
                 reached("prompt cache: prefix reused by a request aborted before it named its slot")
@@ -282,7 +284,6 @@ class LlamaServerTarget(ServerTarget):
                 reached("host-memory prompt cache: an earlier prompt restored into the slot")
             elif self.chunk_reuse:  # only chunks can make up more than any earlier sequence's exact prefix
                 reached("chunk reuse after a shift (--cache-reuse)")
-                self.last_reused.add(r.rid)
             else:  # the slot held tokens this client never saw (generated after it closed its stream)
                 reached("prompt cache: more cached than any earlier sequence the client saw shares")
         busy = self.metrics().get("n_busy_slots_per_decode", 0.0)  # the server's own count, over this trace (a fresh server) when managed
@@ -378,8 +379,7 @@ class ManagedLlamaServer(LlamaServerTarget):
                          next(iter(self.config_shards.values())))
         self.server: ManagedServer | None = None
         self.starts: list[float] = []
-        self.per_config: dict[str, dict[str, float]] = {}
-        self._serving_since: float | None = None
+        self.config_stats = ConfigStats()
 
     def shards_for_budget(self, budget_s: float, seed: int | None = None) -> dict[str, EngineConfig]:
         """The named configs, then configs drawn from the server-config space (``drawn_config``)
@@ -394,7 +394,6 @@ class ManagedLlamaServer(LlamaServerTarget):
     def use_config(self, config: EngineConfig) -> None:
         """Run ``config`` from now on (the server restarts with its flags)."""
         if config != self.fixed_config or self.server is None:
-            self.account_served()
             self.fixed_config = config
             self.start()
 
@@ -408,8 +407,7 @@ class ManagedLlamaServer(LlamaServerTarget):
         with time_limit_paused():
             self.server.start(timeout_s=60.0)
         self.starts.append(self.server.start_seconds or 0.0)
-        if self._serving_since is None:
-            self._serving_since = time.monotonic()
+        self.config_stats.serving_starts(config_name(self.fixed_config, self.config_shards))
 
     def ensure_config(self, config: EngineConfig) -> None:
         if config.interleave:
@@ -465,16 +463,7 @@ class ManagedLlamaServer(LlamaServerTarget):
         return self.server.log_tail() if self.server is not None else ""
 
     def count_trace(self, requests: int, seconds: float) -> None:
-        stats = self.per_config.setdefault(config_name(self.fixed_config, self.config_shards), {"traces": 0, "requests": 0, "trace_seconds": 0.0, "served_seconds": 0.0})
-        stats["traces"] += 1
-        stats["requests"] += requests
-        stats["trace_seconds"] += seconds
-
-    def account_served(self) -> None:
-        if self._serving_since is not None:
-            stats = self.per_config.setdefault(config_name(self.fixed_config, self.config_shards), {"traces": 0, "requests": 0, "trace_seconds": 0.0, "served_seconds": 0.0})
-            stats["served_seconds"] += time.monotonic() - self._serving_since
-            self._serving_since = None
+        self.config_stats.trace(config_name(self.fixed_config, self.config_shards), requests, seconds)
 
     def stop_server(self) -> None:
         if self.server is not None:
@@ -482,7 +471,7 @@ class ManagedLlamaServer(LlamaServerTarget):
             self.server = None
 
     def stop(self) -> None:
-        self.account_served()
+        self.config_stats.serving_ends()
         self.stop_server()
 
     def close(self) -> None:
@@ -490,16 +479,10 @@ class ManagedLlamaServer(LlamaServerTarget):
 
     def server_report(self) -> dict:
         """requests/s, restarts, and per config: traces, requests, traces/s, requests/s."""
-        self.account_served()
-        if self.server is not None:
-            self._serving_since = time.monotonic()
-        per_config = {name: {"traces": s["traces"], "requests": s["requests"],
-                             "traces_per_s": round(s["traces"] / s["served_seconds"], 2) if s["served_seconds"] else None,
-                             "requests_per_s": round(s["requests"] / s["trace_seconds"], 1) if s["trace_seconds"] else None}
-                      for name, s in self.per_config.items()}
         starts = sorted(self.starts)
         return ServerTarget.server_report(self) | {"binary": str(self.binary), "restarts": len(starts),
-                                                   "median_start_s": round(starts[len(starts) // 2], 3) if starts else None, "per_config": per_config}
+                                                   "median_start_s": round(starts[len(starts) // 2], 3) if starts else None,
+                                                   "per_config": self.config_stats.report()}
 
 
 def attach(url: str, name: str | None = None) -> LlamaServerTarget:
@@ -528,22 +511,8 @@ def attach(url: str, name: str | None = None) -> LlamaServerTarget:
     return LlamaServerTarget(name or f"llama-server:{base}", base, int(options["vocab"]), min(MAX_MODEL_LEN, n_ctx - 1), config, tol)
 
 
-_MANAGED: dict[str, ManagedLlamaServer] = {}
-
-
 def llama_server_target(name: str = "llama", **options):
     """``llama-server:<arch>[+hf-oracle]`` (managed; one per process and name) or
     ``llama-server:http://HOST:PORT?vocab=N`` (attached)."""
-    from fuzzcache.targets import UnknownTarget
-
-    if name.startswith(("http://", "https://")):
-        return attach(name)
-    arch, _, suffix = name.partition("+")
-    if arch not in ARCHITECTURES or suffix not in ("", "hf-oracle"):
-        raise UnknownTarget(f"unknown target 'llama-server:{name}'; managed: {', '.join('llama-server:' + a for a in ARCHITECTURES)} "
-                            "(optionally +hf-oracle), attached: llama-server:http://HOST:PORT?vocab=N")
-    if options.get("dtype", torch.float32) != torch.float32 or str(options.get("device", "cpu")) != "cpu":
-        raise UnknownTarget(f"llama-server:{name} runs f32 weights on the CPU (the KV type is a server flag of each config)")
-    if name not in _MANAGED:
-        _MANAGED[name] = ManagedLlamaServer(arch, oracle="hf" if suffix else "server")
-    return _MANAGED[name]
+    return managed_or_attached("llama-server", name, options, attach, ManagedLlamaServer, "http://HOST:PORT?vocab=N",
+                               "runs f32 weights on the CPU (the KV type is a server flag of each config)")

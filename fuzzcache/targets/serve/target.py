@@ -53,6 +53,7 @@ from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding
 from fuzzcache.guard import time_limit_paused
 from fuzzcache.targets.serve import vllm as vllm_dialect
+from fuzzcache.targets.serve.config_stats import ConfigStats
 from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
 from fuzzcache.targets.serve.managed import ManagedServer, ServerFailed, free_port
 
@@ -333,8 +334,7 @@ class ManagedVLLMServer(ServerTarget):
         self.kv_bytes_per_token = kv_bytes_per_token(self.hf_model.config)
         self.server: ManagedServer | None = None
         self.starts: list[tuple[str, float]] = []  # (config, seconds to healthy)
-        self.per_config: dict[str, dict[str, float]] = {}  # config -> traces, requests, trace seconds, seconds served
-        self._serving_since: float | None = None
+        self.config_stats = ConfigStats()
 
     def shards_for_budget(self, budget_s: float, seed: int | None = None) -> dict[str, EngineConfig]:
         """The configs a campaign of ``budget_s`` walks: the named ones, then configs drawn from
@@ -360,7 +360,7 @@ class ManagedVLLMServer(ServerTarget):
         with time_limit_paused():  # a start-up is not the engine making no progress
             self.server.start()
         self.starts.append((config_name(config, self.config_shards), self.server.start_seconds or 0.0))
-        self._serving_since = time.monotonic()
+        self.config_stats.serving_starts(config_name(config, self.config_shards))
         text = httpx.get(self.url + "/metrics", timeout=10.0).text
         self.num_blocks = self.dialect.server_config(text)[2]
 
@@ -416,16 +416,10 @@ class ManagedVLLMServer(ServerTarget):
         return self.server.log_tail() if self.server is not None else ""
 
     def count_trace(self, requests: int, seconds: float) -> None:
-        stats = self.per_config.setdefault(config_name(self.fixed_config, self.config_shards), {"traces": 0, "requests": 0, "trace_seconds": 0.0, "served_seconds": 0.0})
-        stats["traces"] += 1
-        stats["requests"] += requests
-        stats["trace_seconds"] += seconds
+        self.config_stats.trace(config_name(self.fixed_config, self.config_shards), requests, seconds)
 
     def stop(self) -> None:
-        if self._serving_since is not None:  # the time this config's server was up, for its traces/s
-            stats = self.per_config.setdefault(config_name(self.fixed_config, self.config_shards), {"traces": 0, "requests": 0, "trace_seconds": 0.0, "served_seconds": 0.0})
-            stats["served_seconds"] += time.monotonic() - self._serving_since
-            self._serving_since = None
+        self.config_stats.serving_ends()  # the time this config's server was up, for its traces/s
         if self.server is not None:
             self.server.stop()
             self.server = None
@@ -436,17 +430,8 @@ class ManagedVLLMServer(ServerTarget):
     def server_report(self) -> dict:
         """requests/s and start-ups, and per config: traces, requests, traces/s while it served,
         requests/s while traces ran."""
-        current = config_name(self.fixed_config, self.config_shards)
-        serving = time.monotonic() - self._serving_since if self._serving_since is not None else 0.0
-
-        def served(name: str, s: dict) -> float:
-            return s["served_seconds"] + (serving if name == current else 0.0)
-
-        per_config = {name: {"traces": s["traces"], "requests": s["requests"],
-                             "traces_per_s": round(s["traces"] / served(name, s), 2) if served(name, s) else None,
-                             "requests_per_s": round(s["requests"] / s["trace_seconds"], 1) if s["trace_seconds"] else None}
-                      for name, s in self.per_config.items()}
-        return super().server_report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts], "per_config": per_config}
+        return super().server_report() | {"starts": [{"config": name, "seconds": round(s, 1)} for name, s in self.starts],
+                                          "per_config": self.config_stats.report()}
 
 
 def write_tiny_model(arch: str, folder) -> torch.nn.Module:
@@ -544,22 +529,27 @@ def learn_vocab(base: str, model: str) -> int | None:
     return high
 
 
-_MANAGED: dict[str, ManagedVLLMServer] = {}  # one per name and process: a server takes about a minute to start
+_MANAGED: dict[str, ServerTarget] = {}  # one per family, name and process: a vLLM server takes about a minute to start
 
 
-def VLLMServerTarget(name: str = "llama", **options):
-    """``vllm-server:<arch>[+hf-oracle]`` (managed; one per process, shared by every caller) or
-    ``vllm-server:http://HOST:PORT[?...]`` (attached)."""
+def managed_or_attached(family: str, name: str, options: dict, attach_to, managed, attach_hint: str, runs: str):
+    """``<family>:<arch>[+hf-oracle]`` (``managed(arch, oracle)``, one per process and name, shared
+    by every caller) or ``<family>:http://HOST:PORT[?...]`` (``attach_to(url)``)."""
     from fuzzcache.targets import UnknownTarget
 
     if name.startswith(("http://", "https://")):
-        return attach(name)
+        return attach_to(name)
     arch, _, suffix = name.partition("+")
     if arch not in ARCHITECTURES or suffix not in ("", "hf-oracle"):
-        raise UnknownTarget(f"unknown target 'vllm-server:{name}'; managed: {', '.join('vllm-server:' + a for a in ARCHITECTURES)} "
-                            "(optionally +hf-oracle), attached: vllm-server:http://HOST:PORT")
+        raise UnknownTarget(f"unknown target '{family}:{name}'; managed: {', '.join(f'{family}:{a}' for a in ARCHITECTURES)} "
+                            f"(optionally +hf-oracle), attached: {family}:{attach_hint}")
     if options.get("dtype", torch.float32) != torch.float32 or str(options.get("device", "cpu")) != "cpu":
-        raise UnknownTarget(f"vllm-server:{name} runs vLLM's CPU build in float32 only")
-    if name not in _MANAGED:
-        _MANAGED[name] = ManagedVLLMServer(arch, oracle="hf" if suffix else "server")
-    return _MANAGED[name]
+        raise UnknownTarget(f"{family}:{name} {runs}")
+    if (family, name) not in _MANAGED:
+        _MANAGED[(family, name)] = managed(arch, oracle="hf" if suffix else "server")
+    return _MANAGED[(family, name)]
+
+
+def VLLMServerTarget(name: str = "llama", **options):
+    """``vllm-server:<arch>[+hf-oracle]`` (managed) or ``vllm-server:http://HOST:PORT[?...]`` (attached)."""
+    return managed_or_attached("vllm-server", name, options, attach, ManagedVLLMServer, "http://HOST:PORT", "runs vLLM's CPU build in float32 only")
