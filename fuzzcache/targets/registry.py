@@ -1,7 +1,8 @@
 """Target names: what each resolves to, and the target it builds in this process.
 
 Names: ``reference``; ``<family>:<name>`` for a family of FAMILIES (``mutant:<name>``, the bug
-zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM; ``llamacpp:<arch>``, llama.cpp); an entry point in the group
+zoo; ``hf:<arch>``, HF transformers; ``vllm:<arch>``, vLLM; ``llamacpp:<arch>``, llama.cpp; ``vllm-server:``
+and ``llama-server:``, servers over HTTP); an entry point in the group
 ``fuzzcache.targets``; or ``package.module:attr`` where attr is a target or a zero-argument
 callable returning one. Families are looked up by module path, so this module imports none of
 them (fuzzcache.mutants imports the reference target, never the other way round).
