@@ -103,11 +103,12 @@ def test_chunk_reuse_after_a_shift_is_by_design_only_when_the_trace_matches_with
     P, Y, X = tuple(range(3, 10)), tuple(range(10, 20)), tuple(range(20, 40))
     server.use_config(SERVER_CONFIGS["cache-reuse"])
     requests = (Request(0, P + Y + X + (41, 42), 3), Request(1, P + X + (43, 44), 3, arrival=10))
+    take()
     completions = server.generate(requests, server.fixed_config)
     assert completions[1].stats["cached_prefix_tokens"] > len(P) and take()["chunk reuse after a shift (--cache-reuse)"] == 1
     reason = server.divergence_by_design(requests, 1)
     assert reason is not None and "n_cache_reuse 0" in reason  # without chunk reuse the same trace matches the oracle
-    assert server.divergence_by_design(requests, 0) is None  # request 0 reused nothing: its divergence would be reported
+    assert server.divergence_by_design(requests, 0) is None  # request 0 cached nothing: its divergence would be reported
     server.generate(requests, server.fixed_config)
     real_rows = server.reference_rows
     server.reference_rows = lambda prompt, tokens: real_rows(prompt, tokens).roll(1, dims=-1)  # an oracle the rerun cannot match
@@ -151,6 +152,7 @@ def test_a_server_that_dies_is_a_crash_finding_with_its_log():
     target = ManagedLlamaServer("llama", name="llama-server:llama (dies)", configs={"slots": SERVER_CONFIGS["slots"]})
     try:
         target.use_config(SERVER_CONFIGS["slots"])
+        target.ensure_running()
         target.fresh_cache = lambda: (target.server.process.kill(), target.server.process.wait())  # dies as the trace starts
         with pytest.raises(Finding) as found:
             target.generate([Request(0, (3, 4, 5), 2)], target.fixed_config)
@@ -167,8 +169,10 @@ def test_attached_mode_fuzzes_a_server_started_by_hand(server, tmp_path):
     with ManagedServer(argv, port, name="llama-server-by-hand") as by_hand:
         with pytest.raises(UnknownTarget, match=r"vocab=N"):
             resolve_target(f"llama-server:{by_hand.url}")
-        target = resolve_target(f"llama-server:{by_hand.url}?vocab=64")
-        assert (target.vocab_size, target.slots) == (64, 2)
+        plain = resolve_target(f"llama-server:{by_hand.url}?vocab=64")
+        assert "stop" not in plain.features  # a model's token texts are unknown: no stop string can name a token
+        target = resolve_target(f"llama-server:{by_hand.url}?vocab=64&stop=texts")
+        assert (target.vocab_size, target.slots, target.end_of_generation, "stop" in target.features) == (64, 2, [2], True)
         run = run_property(get("engine.trace"), target, f"llama-server:{by_hand.url}", TRACE, tmp_path)
         assert run.examples >= 12 and not run.found and not run.error, (run.found, run.error)
 
@@ -183,7 +187,7 @@ def test_a_bug_planted_in_llama_servers_cpp_is_caught_shrunk_and_the_stock_serve
     case = load(run.found[0].path)
     record = json.loads(run.found[0].path.read_text())
     assert len(case.scenario.requests) == 2, case.scenario.short()
-    assert record["divergence"]["reproduced"].endswith("runs"), record["divergence"]
+    assert record["divergence"]["reproduced"] == "4 of 4 runs", record["divergence"]  # one slot: no race decides it
     assert replay(case, server) is None  # the stock server on the same config
 
 

@@ -14,7 +14,9 @@ from fuzzcache.targets.serve import llama_server as dialect
 from fuzzcache.targets.serve.llama_target import drawn_config
 
 # Recorded: /completion with prompt [5, 6, 7], n_predict 3, n_probs 2, n_cmpl 2, stream (the
-# per-token "bytes" and "token" fields and most timings left out).
+# per-token "bytes" and "token" fields and most timings left out). Edited: the second-to-last
+# event lost its probabilities, as a speculative step's token arrives, and its final event a
+# cached count, as a repeat's does.
 EVENTS = [
     {"index": 1, "tokens": [42], "stop": False, "id_slot": -1, "completion_probabilities": [{"id": 42, "token": "t42", "logprob": -0.2399, "top_logprobs": [{"id": 42, "logprob": -0.2399}, {"id": 43, "logprob": -2.7175}]}]},
     {"index": 0, "tokens": [42], "stop": False, "id_slot": -1, "completion_probabilities": [{"id": 42, "token": "t42", "logprob": -0.2399, "top_logprobs": [{"id": 42, "logprob": -0.2399}, {"id": 43, "logprob": -2.7175}]}]},
@@ -22,7 +24,7 @@ EVENTS = [
     {"index": 0, "tokens": [30], "stop": False, "id_slot": -1, "completion_probabilities": [{"id": 30, "token": "t30", "logprob": -0.3242, "top_logprobs": [{"id": 30, "logprob": -0.3242}, {"id": 25, "logprob": -2.7872}]}]},
     {"index": 1, "tokens": [10], "stop": False, "id_slot": -1, "completion_probabilities": [{"id": 10, "token": "t10", "logprob": -1.0500, "top_logprobs": [{"id": 10, "logprob": -1.0500}, {"id": 35, "logprob": -1.2701}]}]},
     {"index": 1, "tokens": [], "stop": True, "id_slot": 0, "stop_type": "limit", "timings": {"cache_n": 0, "prompt_n": 3}},
-    {"index": 0, "tokens": [10], "stop": False, "id_slot": -1},  # a speculative step's token: no probabilities (server-context.cpp "TODO: set result.probs")
+    {"index": 0, "tokens": [10], "stop": False, "id_slot": -1},  # as a speculative step's token: no probabilities (server-context.cpp "TODO: set result.probs")
     {"index": 0, "tokens": [], "stop": True, "id_slot": 3, "stop_type": "limit", "timings": {"cache_n": 2, "prompt_n": 1}},
 ]
 METRICS = """# HELP llamacpp:requests_processing Number of requests processing
@@ -88,3 +90,13 @@ def test_server_flags_round_trip_through_the_corpus_and_leave_older_files_as_the
     plain = to_jsonable(TraceScenario((Request(0, (1, 2), 3),), EngineConfig()))
     assert "server_flags" not in plain["config"]  # an empty one is left out: every earlier corpus file and its hash stay as they were
     assert from_jsonable(TraceScenario, plain).config.server_flags == ()
+
+
+def test_the_build_pins_the_llamacpp_extras_version():
+    import tomllib
+    from pathlib import Path
+
+    from fuzzcache.targets.serve.llama_server_build import LLAMA_CPP_PYTHON_VERSION
+
+    extras = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}" in extras["llamacpp"]

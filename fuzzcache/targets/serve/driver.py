@@ -73,7 +73,7 @@ async def _run(base_url: str, calls: list[Call], tokens_in, deadline_s: float, h
     limits = httpx.Limits(max_connections=max(8, len(calls)), max_keepalive_connections=0)  # a closed stream never reuses a connection
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(deadline_s, connect=10.0), limits=limits, headers=headers) as client:
         try:  # the client's first request pays its set-up (about 25 ms): not one of the trace's, whose offsets it would skew
-            await client.get("/health")
+            await client.get("/health", timeout=2.0)
         except httpx.HTTPError:
             pass  # a server that does not answer: the trace's own requests say so
         start = time.monotonic()
@@ -122,7 +122,7 @@ async def _one(client: httpx.AsyncClient, call: Call, result: Streamed, tokens_i
             if is_final is not None and sum(map(is_final, result.events)) >= call.completions:
                 result.complete = True
             if not result.complete and not result.closed:
-                result.error = "the stream ended without its final 'data: [DONE]'"
+                result.error = "the stream ended before its end ('data: [DONE]', or the dialect's final event of each completion)"
     except httpx.HTTPError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the llamacpp extra's pin (pyproject.toml)
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the llamacpp extra's pin (pyproject.toml; a test holds them equal)
+PATCHED = "source-patched"  # exists while a planted bug's patch is in the source
 
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=OFF",
@@ -68,11 +69,14 @@ def llama_server_binary(variant: str = "stock", patch: SourcePatch | None = None
     if binary.exists():
         return binary
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root.with_suffix(".lock")):
+    with _locked(root.parent / f"{root.name}.lock"):
         if binary.exists():  # another process built it while this one waited
             return binary
         say = log or (lambda message: print(message, file=sys.stderr, flush=True))
         source = root / "src"
+        if (root / PATCHED).exists():  # a patched build was killed before it restored the source: start from the sdist again
+            shutil.rmtree(source, ignore_errors=True)
+            (root / PATCHED).unlink()
         if not (source / "CMakeLists.txt").exists():
             say(f"fuzzcache: building llama-server from llama-cpp-python {version} (once per machine; minutes)")
             _unpack_sdist(version, source)
@@ -80,7 +84,7 @@ def llama_server_binary(variant: str = "stock", patch: SourcePatch | None = None
         if not (build / "CMakeCache.txt").exists():
             _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], "configure")
         started = time.monotonic()
-        with _patched(source, patch):
+        with _patched(source, patch, root / PATCHED):
             _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 1)],
                  f"build ({variant})")
             binary.parent.mkdir(exist_ok=True)
@@ -120,8 +124,9 @@ def _unpack_sdist(version: str, source: Path) -> None:
 
 
 @contextmanager
-def _patched(source: Path, patch: SourcePatch | None):
-    """The source tree with ``patch`` applied, restored on the way out."""
+def _patched(source: Path, patch: SourcePatch | None, sentinel: Path):
+    """The source tree with ``patch`` applied, restored on the way out; ``sentinel`` exists while
+    it is patched, so a build killed meanwhile is never taken for the stock source."""
     if patch is None:
         yield
         return
@@ -129,11 +134,13 @@ def _patched(source: Path, patch: SourcePatch | None):
     original = path.read_text()
     if original.count(patch.old) != 1:
         raise BuildFailed(f"patch for {patch.path}: expected its text once, found it {original.count(patch.old)} times")
+    sentinel.write_text(patch.path)
     path.write_text(original.replace(patch.old, patch.new))
     try:
         yield
     finally:
         path.write_text(original)
+        sentinel.unlink()
 
 
 def _run(argv: list[str], step: str) -> None:

@@ -55,7 +55,7 @@ from fuzzcache.guard import time_limit_paused
 from fuzzcache.targets.serve import vllm as vllm_dialect
 from fuzzcache.targets.serve.config_stats import ConfigStats
 from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
-from fuzzcache.targets.serve.managed import ManagedServer, ServerFailed, free_port
+from fuzzcache.targets.serve.managed import ManagedServer, free_port
 
 TICK_S = 0.02  # wall-clock seconds per contract step of arrival
 DEADLINE_S = 45.0  # a trace's requests all end within this (the guard's hang limit is 60 s)
@@ -312,11 +312,35 @@ class ServerTarget:
                 "requests_per_s": round(self.requests_sent / self.trace_seconds, 1) if self.trace_seconds else None}
 
 
-class ManagedVLLMServer(ServerTarget):
+class ManagedProcess:
+    """What a managed server target adds to a ServerTarget: its process (``server``, a
+    ManagedServer or None), a death that is a crash finding carrying the log, reported once."""
+
+    server: ManagedServer | None = None
+    process_name = "the server"
+
+    def check_alive(self) -> None:
+        if self.server is not None and not self.server.alive():
+            raise Finding("crash", f"{self.process_name} died (exit status {self.server.process.returncode if self.server.process else '?'})",
+                          {"what": "server died", "server_log": self.log_tail()})
+
+    def generate(self, requests, config):
+        try:
+            return super().generate(requests, config)
+        finally:
+            if self.server is not None and not self.server.alive():  # reported once; the next call starts a new one
+                self.stop()
+
+    def log_tail(self) -> str:
+        return self.server.log_tail() if self.server is not None else ""
+
+
+class ManagedVLLMServer(ManagedProcess, ServerTarget):
     """vLLM's server started by fuzzcache on the shared factory's tiny ``arch`` model; restarted
     with the flags of each config it is asked to run."""
 
     config_shards = SERVER_CONFIGS
+    process_name = "the vLLM server"
 
     def __init__(self, arch: str = "llama", oracle: str = "server", env: dict[str, str | None] | None = None, name: str | None = None,
                  python: str | None = None, configs: dict[str, EngineConfig] | None = None):
@@ -381,17 +405,6 @@ class ManagedVLLMServer(ServerTarget):
             time.sleep(0.05)
         return None
 
-    def check_alive(self) -> None:
-        if self.server is not None and not self.server.alive():
-            raise Finding("crash", f"the vLLM server died (exit status {self.server.process.returncode if self.server.process else '?'})",
-                          {"what": "server died", "server_log": self.log_tail()})
-
-    def generate(self, requests, config):
-        try:
-            return super().generate(requests, config)
-        finally:
-            if self.server is not None and not self.server.alive():  # reported once; the next call starts a new one
-                self.stop()
 
     def reference_logits(self, tokens: Sequence[int]) -> torch.Tensor:
         if self.oracle != "hf":
@@ -411,9 +424,6 @@ class ManagedVLLMServer(ServerTarget):
         if self.server is None or not self.server.alive():
             self.use_config(self.fixed_config)
         return super().greedy_continuation(prompt, n)
-
-    def log_tail(self) -> str:
-        return self.server.log_tail() if self.server is not None else ""
 
     def count_trace(self, requests: int, seconds: float) -> None:
         self.config_stats.trace(config_name(self.fixed_config, self.config_shards), requests, seconds)
@@ -529,7 +539,7 @@ def learn_vocab(base: str, model: str) -> int | None:
     return high
 
 
-_MANAGED: dict[str, ServerTarget] = {}  # one per family, name and process: a vLLM server takes about a minute to start
+_MANAGED: dict[tuple[str, str], ServerTarget] = {}  # one per family, name and process: a vLLM server takes about a minute to start
 
 
 def managed_or_attached(family: str, name: str, options: dict, attach_to, managed, attach_hint: str, runs: str):
