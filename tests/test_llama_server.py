@@ -59,7 +59,8 @@ def checked_by_both_oracles(server, config: str, requests) -> list:
 
 
 TRACES = {  # kind -> (config, requests, the path it reaches)
-    "parallel slots": ("slots", [Request(i, A[: 10 + i], 48) for i in range(8)], "parallel slots busy at once (server metrics)"),
+    # long enough (100 tokens, 30 ms and more each) that requests sent together overlap even on a loaded machine
+    "parallel slots": ("slots", [Request(i, A[: 10 + i], 100) for i in range(4)], "parallel slots busy at once (server metrics)"),
     "prefix kept in the slot": ("slots", [Request(0, A, 4), Request(1, A + (5, 6), 4, arrival=20)], "prompt cache: prefix kept in the request's slot"),
     "host-memory restore": ("host-cache", [Request(0, A, 3), Request(1, B, 3, arrival=10), Request(2, C, 3, arrival=20), Request(3, A + (5,), 3, arrival=30)],
                             "host-memory prompt cache: an earlier prompt restored into the slot"),

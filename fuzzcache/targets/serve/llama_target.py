@@ -51,11 +51,11 @@ from fuzzcache.coverage import reached
 from fuzzcache.guard import Unsupported, time_limit_paused
 from fuzzcache.targets.serve import llama_server as dialect
 from fuzzcache.targets.serve.config_stats import ConfigStats
-from fuzzcache.targets.serve.driver import Call, Deadline, run_trace
+from fuzzcache.targets.serve.driver import Call
 from fuzzcache.targets.serve.llama_server_build import SourcePatch, llama_server_binary
 from fuzzcache.targets.serve.managed import ManagedServer, free_port
 from fuzzcache.targets.serve.target import (DEADLINE_S, IDLE_WAIT_S, MAX_MODEL_LEN, TICK_S, ManagedProcess, ServerTarget, config_name,
-                                            managed_or_attached, trace_deadline, write_tiny_model)
+                                            managed_or_attached, write_tiny_model)
 
 FULL_LOGPROBS_MAX = 4096  # a larger vocabulary: tokens compared tie-aware against the recompute's top rows
 TOP_LOGPROBS = 20
@@ -225,24 +225,13 @@ class LlamaServerTarget(ServerTarget):
                 calls.append(Call((r.rid, i), dialect.COMPLETIONS, body, r.arrival * TICK_S,
                                   None if r.abort_at is None else (r.abort_at - r.arrival) * (r.n if forked else 1),
                                   completions=r.n if forked else 1))
-        try:
-            run = run_trace(self.url, calls, dialect.tokens_in, trace_deadline(), is_final=dialect.is_final)
-        except Deadline as exc:
-            self.check_alive()
-            tail = self.log_tail()
-            raise TimeoutError(f"{exc}; {self.describe_state()}" + (f"\nserver log (tail):\n{tail}" if tail else "")) from None
-        self.requests_sent += len(calls)
-        self.trace_seconds += run.seconds
-        self.count_trace(len(calls), run.seconds)
-        for s in run.results:
-            self.check_response(s)
-        self.check_healthy()
+        run = self.send(calls, is_final=dialect.is_final)
         self.idle_slots(busy_before)
         self.last_stats = {"requests": len(calls), "max_in_flight": run.max_in_flight}
         completions = [self.completion(r, {s.key: s for s in run.results}) for r in requests]
         self.note_llama_paths(requests, completions, run)
         self.last_requests = tuple(requests)
-        self.reuse_verdict: bool | None = None  # divergence_by_design's re-run without chunk reuse, once per trace
+        self.reuse_verdict = None  # divergence_by_design's re-run without chunk reuse, once per trace
         return completions
 
     def completion(self, request: Request, results: dict) -> Completion:

@@ -176,8 +176,20 @@ class ServerTarget:
                       None if r.abort_at is None else r.abort_at - r.arrival)
                  for r in requests if r.max_new_tokens for i in range(r.n)]
         before = self.metrics()
+        run = self.send(calls)
+        results = {s.key: s for s in run.results}
+        after = self.idle_metrics(before)
+        self.last_stats = {"preemptions": int(after.get("preemptions", 0) - before.get("preemptions", 0)),
+                           "requests": len(calls), "max_in_flight": run.max_in_flight}
+        self.note_paths(requests, results, run.max_in_flight)
+        return [self.completion(r, results) for r in requests]
+
+    def send(self, calls: list[Call], is_final=None):
+        """The trace's calls sent and read (``driver.run_trace``), counted, and checked: a
+        deadline passed is a TimeoutError saying what the server still holds, an error response
+        a finding, and the server must still be healthy."""
         try:
-            run = run_trace(self.url, calls, self.dialect.tokens_in, trace_deadline())
+            run = run_trace(self.url, calls, self.dialect.tokens_in, trace_deadline(), is_final=is_final)
         except Deadline as exc:
             self.check_alive()
             tail = self.log_tail()
@@ -185,15 +197,10 @@ class ServerTarget:
         self.requests_sent += len(calls)
         self.trace_seconds += run.seconds
         self.count_trace(len(calls), run.seconds)
-        results = {s.key: s for s in run.results}
         for s in run.results:
             self.check_response(s)
         self.check_healthy()
-        after = self.idle_metrics(before)
-        self.last_stats = {"preemptions": int(after.get("preemptions", 0) - before.get("preemptions", 0)),
-                           "requests": len(calls), "max_in_flight": run.max_in_flight}
-        self.note_paths(requests, results, run.max_in_flight)
-        return [self.completion(r, results) for r in requests]
+        return run
 
     def fresh_cache(self) -> str | None:
         """A prefix cache of the trace's own: the salt its requests carry."""
