@@ -18,11 +18,17 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from fuzzcache.branch_coverage import BranchCoverage
 from fuzzcache.database import KeepingFailures
 from fuzzcache.properties import Property
 from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
 from fuzzcache.scenario import short_form
 
+
+# Examples per Hypothesis run in a campaign (runs repeat, with fresh seeds, until the budget is
+# spent): from half of them on, Hypothesis climbs toward the rare paths (fuzzcache.rare_paths), so
+# a run must end often enough for every property to climb within its share of a short budget.
+RUN_EXAMPLES = 200
 
 
 @dataclass
@@ -60,6 +66,8 @@ class CampaignResult:
     seconds: float
     interrupted: bool
     server: dict | None = None  # a server target's own account (``target.server_report()``): requests/s, start-ups
+    coverage_snapshots: list = field(default_factory=list)  # per process measuring: its BranchCoverage snapshots
+    branch_coverage: dict | None = None  # fuzzcache.branch_coverage.report, once the processes' data is combined
 
     @property
     def findings(self) -> list[Saved]:
@@ -119,10 +127,11 @@ def run_campaign(
     corpus_dir: Path | None,
     database: ExampleDatabase | None,
     progress: Progress | None = None,
+    coverage: BranchCoverage | None = None,
 ) -> CampaignResult:
     """Fuzz until the budget is spent. Each cycle gives every property one continuous
-    Hypothesis run (up to the profile's max_examples) in an equal share of the remaining
-    time; cycles repeat with fresh seeds. Keep going: after a finding a property searches on,
+    Hypothesis run (up to the profile's max_examples, at most RUN_EXAMPLES) in an equal share
+    of the remaining time; cycles repeat with fresh seeds. Keep going: after a finding a property searches on,
     passing over failures with a signature it already found (one file per distinct failure;
     one already in the corpus, triaged or not, is reported and passed over too). A property
     whose run could not complete is done. ``progress`` is told after every example.
@@ -130,18 +139,27 @@ def run_campaign(
     A target that runs one config at a time (a managed server: ``config_shards``, a name ->
     EngineConfig mapping, or ``shards_for_budget(budget_s)`` returning one, and ``use_config``)
     gets an equal share of the budget per config, in turn; a config whose server does not start
-    is reported as every property's error."""
+    is reported as every property's error. ``coverage`` (started by the caller, before the
+    target was built) takes its snapshots here and is stopped at the end."""
     totals = {p.id: PropertyTotals(p.id) for p in properties}
     database = database if database is not None else base_settings.database
     database = KeepingFailures(database) if database is not None else None  # keep-going must not evict failures
     start = time.monotonic()
     interrupted = False
-    tick = (lambda: progress(rows_of(totals), time.monotonic() - start)) if progress else (lambda: None)  # noqa: E731
+    examples = [0]  # run so far, counted as they end (a property's totals grow when its run ends)
+
+    def tick(example_ended: bool = True) -> None:
+        examples[0] += example_ended
+        if progress:
+            progress(rows_of(totals), time.monotonic() - start)
+        if coverage:
+            coverage.snapshot(examples[0])
+
     shards_for = getattr(target, "shards_for_budget", None)
     shards = list((shards_for(budget_s) if callable(shards_for) else getattr(target, "config_shards", None) or {}).items()) or [(None, None)]
     try:
         active = list(properties)
-        s = Settings(base_settings, database=database, derandomize=False)
+        s = Settings(base_settings, database=database, derandomize=False, max_examples=min(base_settings.max_examples, RUN_EXAMPLES))
         for n, (name, config) in enumerate(shards):
             shard_end = time.monotonic() + (budget_s - (time.monotonic() - start)) / (len(shards) - n)  # a start-up counts in its shard
             if config is not None:
@@ -165,13 +183,14 @@ def run_campaign(
                         shard_active.remove(prop)
                         if config is None:
                             active.remove(prop)
-                    tick()
+                    tick(example_ended=False)
     except KeyboardInterrupt as exc:
         interrupted = True
         if isinstance(exc, Interrupted):  # what the interrupted property found is saved; report it
             totals[exc.run.property].add(exc.run)
     server = target.server_report() if callable(getattr(target, "server_report", None)) else None
-    return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted, server)
+    snapshots = [coverage.stop(examples[0])] if coverage else []
+    return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted, server, snapshots)
 
 
 def print_report(result: CampaignResult, console: Console) -> None:
@@ -195,6 +214,9 @@ def print_report(result: CampaignResult, console: Console) -> None:
     for t in result.totals.values():
         paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())) or "(no path events)"
         console.print(f"  {t.property}: {paths}", markup=False, highlight=False)
+    print_rare_paths(result, console)
+    if result.branch_coverage:
+        print_branch_coverage(result.branch_coverage, console)
     by_kind: dict[str, list[Saved]] = {}
     for s in result.findings:
         by_kind.setdefault(s.kind, []).append(s)
@@ -205,6 +227,38 @@ def print_report(result: CampaignResult, console: Console) -> None:
         for s in items:
             console.print(f"  {s.property}: {s.message}\n    repro: {short_form(s.scenario)}{minimized_note(s)}\n"
                           f"    saved: {s.path}{saved_note(s)}", markup=False, highlight=False)
+
+
+def print_rare_paths(result: CampaignResult, console: Console) -> None:
+    """Per trace property, each rare path the search steers toward (fuzzcache.rare_paths):
+    examples that reached it, or NEVER."""
+    from fuzzcache.properties import PROPERTIES
+    from fuzzcache.rare_paths import RARE_PATHS
+    from fuzzcache.scenario import TraceScenario
+
+    traced = [t for t in result.totals.values() if t.property in PROPERTIES and PROPERTIES[t.property].scenario_type is TraceScenario and t.examples]
+    if traced:
+        console.print("[bold]rare paths[/] (steered toward with hypothesis.target; examples that reached each)")
+    for t in traced:
+        counts = ", ".join(f"{name} {t.paths.get(f'rare: {name}', 0) or 'NEVER'}" for name in RARE_PATHS)
+        console.print(f"  {t.property}: {counts}", markup=False, highlight=False)
+
+
+def print_branch_coverage(cov: dict, console: Console) -> None:
+    """Per file of the measured packages: branches reached of all, and how many never."""
+    console.print(f"[bold]engine branch coverage[/] of {', '.join(cov['packages'])}: {cov['reached']} of {cov['branches']} branches ({cov['percent']}%)")
+    table = Table()
+    for col in ("file", "branches", "reached", "%", "never reached"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for name, f in cov["files"].items():
+        table.add_row(name, str(f["branches"]), str(f["reached"]), f"{100 * f['reached'] / f['branches']:.0f}" if f["branches"] else "-",
+                      str(len(f["never_reached"])))
+    console.print(table)
+    points = cov["over_time"]
+    if points:
+        shown = points if len(points) <= 8 else [points[round(i * (len(points) - 1) / 7)] for i in range(8)]
+        console.print("  over time: " + "; ".join(f"{p['seconds']:.0f}s {p['examples']} examples {p['branches_reached']} branches" for p in shown),
+                      markup=False, highlight=False)
 
 
 def saved_note(saved: Saved) -> str:
@@ -237,6 +291,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
         "seconds": round(result.seconds, 2),
         "interrupted": result.interrupted,
         "server": result.server,
+        "branch_coverage": result.branch_coverage,
         "properties": {
             t.property: {
                 "examples": t.examples,

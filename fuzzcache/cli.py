@@ -63,9 +63,12 @@ def main() -> None:
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
 @click.option("--shard", default=None, metavar="I/N", help="run shard I of N (1-based) of the applicable properties, for a CI matrix or an indexed job")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="worker processes, properties spread over them (default: the number of cores)")
+@click.option("--coverage", "coverage_packages", default=None, metavar="PKG[,PKG...]",
+              help="measure branch coverage (coverage.py) of these packages of the engine during the campaign, e.g. vllm.v1.core")
 @ISOLATE
 @stopped_by_signals
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers, isolate) -> None:
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers,
+         coverage_packages, isolate) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure that no triage or known
     bug explains was saved (fuzzcache.known_bugs), 2 when a worker failed. SIGTERM stops it as
     Ctrl-C does (fuzzcache.stopping)."""
@@ -78,15 +81,24 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     guard.TIME_LIMIT_S = example_timeout
 
     from fuzzcache.database import make_database
+    from fuzzcache import branch_coverage
 
     try:
         budget_s = parse_budget(budget)
         props = select(list(property_patterns))
         index, count = parse_shard(shard) if shard else (1, 1)
         database = make_database(database_spec) if database_spec else None
+        packages = branch_coverage.parse_packages(coverage_packages) if coverage_packages else ()
     except ValueError as exc:
         fail(str(exc))
+    coverage_dir = branch_coverage.data_dir_for(report_dir) if packages else None
+    measuring = branch_coverage.BranchCoverage(packages, coverage_dir) if packages else None
+    if measuring:
+        measuring.start()  # before the target is built: its modules' import-time branches count too
     target = target_or_fail(target_spec, dtype, device, isolate)
+    if measuring and isinstance(target, IsolatedTarget):
+        fail("--coverage measures the processes fuzzcache runs the target in; this target runs in a worker process of its "
+             "own (isolated): run it --in-process to measure its coverage")
     applicable = [p for p in props if p.applies_to(target)]
     skipped = [f"{p.id} (needs {p.unmet(target)})" for p in props if p not in applicable]
     if not applicable:
@@ -105,10 +117,15 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
         if workers > 1:
             if isinstance(target, IsolatedTarget):
                 target.close()  # each worker builds its own, with a worker process of its own
+            parent = [measuring.stop(0)] if measuring else []  # each worker measures its own
             result, errors = run_workers(target_spec, {"dtype": dtype, "device": device, "isolate": isolate}, [p.id for p in applicable], workers, budget_s,
-                                         Settings.get_profile(profile), corpus_dir, database_spec, example_timeout, show)
+                                         Settings.get_profile(profile), corpus_dir, database_spec, example_timeout, show,
+                                         (packages, coverage_dir) if packages else None)
+            result.coverage_snapshots = parent + result.coverage_snapshots
         else:
-            result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, show)
+            result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, show, measuring)
+    if packages:
+        result.branch_coverage = branch_coverage.report(packages, coverage_dir, result.coverage_snapshots)
     print_report(result, console)
     for error in errors:
         console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)

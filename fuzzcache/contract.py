@@ -60,7 +60,8 @@ class Completion:
     logits: torch.Tensor | None = None  # [len(tokens), vocab]: the logits each token was chosen from
     stats: dict[str, int] = field(default_factory=dict)
     # cached_prefix_tokens, preemptions, draft_proposed, draft_accepted; abort_phase (1 + an ABORT_PHASES index)
-    # where the abort ended a live request
+    # where the abort ended a live request; fork_waited (1: this continuation waited for a sequence slot
+    # while a sibling ran)
     forks: list[Completion] = field(default_factory=list)  # continuations 2..n of a request with n > 1
 
 

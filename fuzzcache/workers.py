@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hypothesis import settings as Settings
 
+from fuzzcache.branch_coverage import BranchCoverage
 from fuzzcache.campaign import CampaignResult, Progress, rows_of, run_campaign
 from fuzzcache.stopping import stop_on_signals
 
@@ -24,7 +25,7 @@ WIND_DOWN_S = 300.0  # after Ctrl-C, how long the parent waits for workers to sa
 
 
 def _worker(index: int, spec: str, options: dict, property_ids: list[str], budget_s: float, base: Settings,
-            corpus_dir: Path | None, database_spec: str | None, example_timeout: float, out) -> None:
+            corpus_dir: Path | None, database_spec: str | None, example_timeout: float, out, coverage: tuple | None = None) -> None:
     from fuzzcache import guard
     from fuzzcache.database import make_database
     from fuzzcache.properties import get
@@ -42,9 +43,12 @@ def _worker(index: int, spec: str, options: dict, property_ids: list[str], budge
 
     with stop_on_signals():  # a SIGTERM from the parent (or a CI runner) stops this worker as Ctrl-C does
         try:
+            measuring = BranchCoverage(*coverage) if coverage else None  # (packages, data folder)
+            if measuring:
+                measuring.start()
             target = resolve_target(spec, **options)
             database = make_database(database_spec) if database_spec else None
-            result = run_campaign(target, spec, [get(p) for p in property_ids], budget_s, base, corpus_dir, database, progress)
+            result = run_campaign(target, spec, [get(p) for p in property_ids], budget_s, base, corpus_dir, database, progress, measuring)
         except BaseException as exc:  # noqa: BLE001 - the parent reports it and the campaign goes on
             out.put(("failed", index, f"{type(exc).__name__}: {exc}"))
             return
@@ -53,15 +57,16 @@ def _worker(index: int, spec: str, options: dict, property_ids: list[str], budge
 
 def run_workers(spec: str, options: dict, property_ids: list[str], workers: int, budget_s: float, base: Settings,
                 corpus_dir: Path | None, database_spec: str | None, example_timeout: float,
-                progress: Progress | None = None) -> tuple[CampaignResult, list[str]]:
+                progress: Progress | None = None, coverage: tuple | None = None) -> tuple[CampaignResult, list[str]]:
     """Fuzz ``property_ids`` of target ``spec`` in ``workers`` processes; (merged result, errors
-    of workers that failed)."""
+    of workers that failed). ``coverage``: (packages, data folder) each worker measures
+    (fuzzcache.branch_coverage)."""
     shares = [property_ids[i::workers] for i in range(workers) if property_ids[i::workers]]
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     out = context.Queue()
     # not daemonic: an isolated target's worker process (fuzzcache.isolation) is a child of the worker;
     # the parent joins or terminates every worker below
-    procs = [context.Process(target=_worker, args=(i, spec, options, share, budget_s, base, corpus_dir, database_spec, example_timeout, out))
+    procs = [context.Process(target=_worker, args=(i, spec, options, share, budget_s, base, corpus_dir, database_spec, example_timeout, out, coverage))
              for i, share in enumerate(shares)]
     for p in procs:
         p.start()
@@ -99,5 +104,6 @@ def run_workers(spec: str, options: dict, property_ids: list[str], workers: int,
             p.terminate()
     found = {pid: t for r in results.values() for pid, t in r.totals.items()}
     totals = {pid: found[pid] for pid in property_ids if pid in found}
-    merged = CampaignResult(spec, totals, time.monotonic() - start, interrupted or any(r.interrupted for r in results.values()))
+    merged = CampaignResult(spec, totals, time.monotonic() - start, interrupted or any(r.interrupted for r in results.values()),
+                            coverage_snapshots=[snaps for r in results.values() for snaps in r.coverage_snapshots])
     return merged, errors

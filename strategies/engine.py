@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 
 from fuzzcache.contract import DRAFTS, EngineConfig, Request, min_pool_blocks
 from fuzzcache.scenario import TraceScenario
-from strategies.lengths import chunk_sizes, max_new_tokens, prompt_lengths, target_block_sizes
+from strategies.lengths import max_new_tokens, prompt_lengths, target_block_sizes
 from strategies.lifecycle import Greedy, oracle_greedy, with_lifecycles
+from strategies.swarm import SWARM_FEATURES, available, swarms
 
 MAX_REQUESTS = 4
 MAX_NEW = 8
@@ -22,37 +23,47 @@ def prompts(token: st.SearchStrategy[int], block_size: int, max_len: int) -> st.
 
 
 @st.composite
-def request_bodies(draw, token: st.SearchStrategy[int], shared: list[int], block_size: int, max_prompt: int, max_new: int, max_seq_len: int) -> tuple:
+def request_bodies(draw, token: st.SearchStrategy[int], shared: list[int], block_size: int, max_prompt: int, max_new: int, max_seq_len: int,
+                   arrivals: bool = True) -> tuple:
     """(prompt, max_new_tokens, arrival) of one request, drawn as a unit so the shrinker can delete it whole."""
     use_shared = bool(shared) and draw(st.booleans())
     prompt = (shared if use_shared else []) + draw(prompts(token, block_size, max_prompt))
-    return tuple(prompt[: max_seq_len - max_new]), draw(max_new_tokens(max_new)), draw(st.integers(0, 3))
+    return tuple(prompt[: max_seq_len - max_new]), draw(max_new_tokens(max_new)), draw(st.integers(0, 3) if arrivals else st.just(0))
 
 
 @st.composite
-def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_requests: int = MAX_REQUESTS, max_new: int = MAX_NEW, min_requests: int = 1) -> tuple[Request, ...]:
+def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_requests: int = MAX_REQUESTS, max_new: int = MAX_NEW, min_requests: int = 1,
+                swarm: frozenset[str] | None = None) -> tuple[Request, ...]:
     """1..max_requests requests: ragged lengths, an optional shared prefix (whole or partial
     blocks), arrivals that often coincide, tokens from an alphabet that is often small (so
-    equal blocks recur after different prefixes). Shrinks to one short request at step 0."""
+    equal blocks recur after different prefixes). Shrinks to one short request at step 0.
+    With a ``swarm`` (strategies.swarm), one request unless it has "several requests", every
+    arrival at step 0 unless it has "arrivals"."""
     cap = 40 if block_size <= 16 else 3 * block_size + 1  # large blocks (vLLM's 32+): prompts still reach several
     max_prompt = max(1, min(4 * block_size + 1, max_seq_len - max_new, cap))
     alphabet = draw(st.one_of(st.integers(1, 3), st.just(vocab_size)))
     token = st.integers(0, alphabet - 1)
+    several = swarm is None or "several requests" in swarm
     shared = draw(prompts(token, block_size, max_prompt) if min_requests > 1 else st.one_of(st.just([]), prompts(token, block_size, max_prompt)))
-    body = request_bodies(token, shared, block_size, max_prompt, max_new, max_seq_len)
-    bodies = draw(st.lists(body, min_size=min_requests, max_size=max_requests))
+    body = request_bodies(token, shared, block_size, max_prompt, max_new, max_seq_len, swarm is None or "arrivals" in swarm)
+    least = max(min_requests, 2) if several and swarm is not None else min_requests
+    bodies = draw(st.lists(body, min_size=least, max_size=max_requests if several else least))
     return tuple(Request(rid, prompt, new, arrival) for rid, (prompt, new, arrival) in enumerate(bodies))
 
 
 FOCUS = ("prefix_cache", "chunked", "speculative", "interleave", "pool")
 FOCUS_FEATURE = {"prefix_cache": "prefix_cache", "chunked": "chunked_prefill", "speculative": "speculative", "interleave": "interleave", "pool": "paged"}
+FOCUS_SWARM = {"prefix_cache": {"prefix cache", "several requests"}, "chunked": {"chunking", "several requests"},
+               "speculative": {"drafts", "several requests"}, "interleave": {"fused step", "several requests"},
+               "pool": {"bounded pool", "several requests"}}  # a focus's swarm features, always on
 
 
-def usable_features(draw, features: frozenset[str], exclusive: frozenset[str], focus: str | None) -> frozenset[str]:
+def usable_features(features: frozenset[str], exclusive: frozenset[str], swarm: frozenset[str]) -> frozenset[str]:
     """The features one config may use: an exclusive feature (one the target cannot combine with
-    the others, e.g. transformers' assisted generation) is used alone or not at all."""
+    the others, e.g. transformers' assisted generation) is used alone when the swarm switched
+    it on, else not at all."""
     for feature in sorted(exclusive & features):
-        alone = FOCUS_FEATURE.get(focus) == feature or (focus is None and draw(st.booleans()))
+        alone = any(SWARM_FEATURES[name] == feature for name in swarm)
         features = frozenset({feature, "batching"} & features) if alone else features - {feature}
     return features
 
@@ -78,11 +89,13 @@ def traits_of(target) -> Traits:
 
 
 @st.composite
-def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...], block_size: int, focus: str | None = None, traits: Traits = Traits()) -> EngineConfig:
-    """An EngineConfig varying only the fields whose feature the target declares; pools go down
-    to the contract's minimum to force eviction and preemption. ``focus`` (one of FOCUS)
-    keeps one path always on, for a property about that path."""
-    features = usable_features(draw, features, traits.exclusive, focus)
+def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...], block_size: int, focus: str | None = None, traits: Traits = Traits(),
+                   swarm: frozenset[str] | None = None) -> EngineConfig:
+    """An EngineConfig varying only the fields whose feature the target declares and the
+    example's ``swarm`` switched on (None: every one), each at full strength when on; pools go
+    down to the contract's minimum to force eviction and preemption. ``focus`` (one of FOCUS)
+    means a property about that path (its swarm features are on: FOCUS_SWARM)."""
+    on = lambda name: swarm is None or name in swarm or name in FOCUS_SWARM.get(focus, ())  # noqa: E731
     tight_pool = focus == "pool"
     fields: dict = {}
     if "paged" in features:
@@ -91,20 +104,19 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
         default = EngineConfig().max_num_seqs  # shrink toward the default, not toward 1
         fields["max_num_seqs"] = draw(st.one_of(st.just(default), st.integers(2 if focus else 1, MAX_REQUESTS)))
     if "chunked_prefill" in features:
-        fields["chunk_size"] = draw(st.integers(1, 8) if focus == "chunked" else chunk_sizes())
+        fields["chunk_size"] = draw(st.integers(1, 8)) if on("chunking") else None
         least = fields.get("max_num_seqs", 1) if traits.budget_covers_seqs else 1
-        fields["max_batch_tokens"] = draw(st.one_of(st.none(), st.integers(least, max(least, 16))))
+        fields["max_batch_tokens"] = draw(st.integers(least, max(least, 16))) if on("budget") else None
     if "prefix_cache" in features:
-        fields["prefix_cache"] = focus == "prefix_cache" or draw(st.booleans())
-    if "speculative" in features:
-        fields["spec_k"] = draw(st.integers(1 if focus == "speculative" else 0, 4))
-        if fields["spec_k"]:
-            drafts = ["trigram", *[d for d in DRAFTS if d != "trigram"]] if traits.drafts == DRAFTS else list(traits.drafts)
-            fields["draft"] = draw(st.sampled_from(drafts))
+        fields["prefix_cache"] = on("prefix cache")
+    if "speculative" in features and on("drafts"):
+        fields["spec_k"] = draw(st.integers(1, 4))
+        drafts = ["trigram", *[d for d in DRAFTS if d != "trigram"]] if traits.drafts == DRAFTS else list(traits.drafts)
+        fields["draft"] = draw(st.sampled_from(drafts))
     if "interleave" in features:
-        fields["interleave"] = focus == "interleave" or draw(st.booleans())
+        fields["interleave"] = on("fused step")
     config = EngineConfig(**fields)
-    if "preemption" in features and "paged" in features and (tight_pool or draw(st.booleans())):
+    if "preemption" in features and "paged" in features and on("bounded pool"):
         slack = draw(st.integers(0, 1 if tight_pool else 3))
         config = EngineConfig(**{**fields, "num_blocks": min_pool_blocks(requests, config) + slack})
     return config
@@ -113,13 +125,18 @@ def engine_configs(draw, features: frozenset[str], requests: tuple[Request, ...]
 @st.composite
 def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len: int, focus: str | None = None,
                     traits: Traits = Traits(), greedy: Greedy | None = None) -> TraceScenario:
-    """A request trace plus a config over the target's features; with ``focus``, at least two
-    requests (with a shared prefix) and that path always on. ``greedy`` (the oracle's
+    """A request trace plus a config over the target's features, swarm-tested: the example
+    first draws which features it switches on (strategies.swarm). With ``focus``, at least
+    two requests (with a shared prefix) and that path always on. ``greedy`` (the oracle's
     continuation) lets stop tokens be drawn from it."""
+    forced = frozenset(FOCUS_SWARM.get(focus, ()))
+    swarm = draw(swarms(features, forced))
+    features = usable_features(features, traits.exclusive, swarm)
+    swarm = swarm & frozenset(available(features))
     block_size = draw(target_block_sizes(traits.block_sizes, traits.min_block_size)) if "paged" in features else EngineConfig().block_size
-    requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1))
-    requests = draw(with_lifecycles(requests, features, block_size, vocab_size, greedy))
-    return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, traits)))
+    requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1, swarm=swarm))
+    requests = draw(with_lifecycles(requests, features, block_size, vocab_size, greedy, swarm))
+    return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, traits, swarm)))
 
 
 def target_trace_scenarios(target, focus: str | None = None, features: frozenset[str] | None = None) -> st.SearchStrategy[TraceScenario]:

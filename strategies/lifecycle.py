@@ -1,7 +1,8 @@
 """The request lifecycle drawn over a trace's requests: stop tokens taken from the oracle's own
 greedy continuation (so early stops really happen, at block boundaries too), client aborts
 before, during and after prefill, and parallel continuations (``n``). Each is drawn only where
-the target declares its feature ("stop", "abort", "fork"), and each shrinks to off."""
+the target declares its feature ("stop", "abort", "fork") and the example's swarm
+(strategies.swarm) switched it on, and each shrinks to off."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 from hypothesis import strategies as st
 
 from fuzzcache.contract import Request
+from strategies.swarm import full_strength
 
 Greedy = Callable[[tuple[int, ...], int], list[int]]  # (prompt, n) -> the oracle's n greedy tokens
 MAX_FORKS = 3
@@ -35,19 +37,26 @@ def stop_tokens(draw, request: Request, block_size: int, vocab_size: int, greedy
 
 
 @st.composite
-def lifecycles(draw, request: Request, features: frozenset[str], block_size: int, vocab_size: int, greedy: Greedy | None) -> Request:
-    """``request`` with a stop token, an abort and forks, each about one time in three."""
+def lifecycles(draw, request: Request, features: frozenset[str], block_size: int, vocab_size: int, greedy: Greedy | None,
+               swarm: frozenset[str] | None = None) -> Request:
+    """``request`` with a stop token, an abort and forks, each in most requests of an example
+    whose swarm switched it on (``swarm`` None: every feature the target declares is on), and
+    only where the target declares its feature. An abort lands within the request's life:
+    during a chunked prefill as often as after it."""
+    on = lambda name: name in features and (swarm is None or name in swarm)  # noqa: E731
     fields: dict = {}
-    if "stop" in features and greedy is not None and request.max_new_tokens and draw(st.integers(0, 2)) == 2:
+    if draw(full_strength(on("stop") and greedy is not None and request.max_new_tokens > 0)):
         fields["stop"] = draw(stop_tokens(request, block_size, vocab_size, greedy))
-    if "abort" in features and draw(st.integers(0, 2)) == 2:
-        fields["abort_at"] = request.arrival + draw(st.integers(0, len(request.prompt) + request.max_new_tokens + 1))
-    if "fork" in features and draw(st.integers(0, 2)) == 2:
+    if draw(full_strength(on("abort"))):
+        chunked = swarm is None or bool({"chunking", "budget"} & swarm)
+        life = (len(request.prompt) if chunked else 1) + request.max_new_tokens  # steps it can live, at most
+        fields["abort_at"] = request.arrival + draw(st.integers(0, life + 1))
+    if draw(full_strength(on("fork"))):
         fields["n"] = draw(st.integers(2, MAX_FORKS))
     return dataclasses.replace(request, **fields)
 
 
 @st.composite
 def with_lifecycles(draw, requests: tuple[Request, ...], features: frozenset[str], block_size: int, vocab_size: int,
-                    greedy: Greedy | None) -> tuple[Request, ...]:
-    return tuple(draw(lifecycles(r, features, block_size, vocab_size, greedy)) for r in requests)
+                    greedy: Greedy | None, swarm: frozenset[str] | None = None) -> tuple[Request, ...]:
+    return tuple(draw(lifecycles(r, features, block_size, vocab_size, greedy, swarm)) for r in requests)

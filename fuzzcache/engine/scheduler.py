@@ -265,6 +265,7 @@ class Scheduler:
                 child.num_computed, child.committed_blocks = parent.num_computed, parent.committed_blocks
                 self.running.append(child)
             else:
+                child.stats["fork_waited"] = 1  # it runs behind its siblings, from a recompute
                 waiting.append(child)
         self.waiting.extendleft(reversed(waiting))
         self.engine_stats["forks"] += len(children)

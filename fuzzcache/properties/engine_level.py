@@ -20,6 +20,7 @@ from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, contract, mismatch
 from fuzzcache.guard import Unsupported, call_target
 from fuzzcache.properties.registry import Property, register
+from fuzzcache.rare_paths import steer
 from fuzzcache.scenario import TraceScenario
 from strategies.engine import target_trace_scenarios
 from strategies.server import server_trace_scenarios
@@ -128,6 +129,7 @@ def note_paths(target, scenario: TraceScenario, completions: list) -> None:
     if any(r.max_new_tokens == 0 for r in scenario.requests):
         reached("max_new_tokens=0")
     note_lifecycle(scenario, completions)
+    steer(scenario, completions)
 
 
 def note_lifecycle(scenario: TraceScenario, completions: list) -> None:
