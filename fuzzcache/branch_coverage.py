@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SNAPSHOT_EVERY_S = 15.0
+# a package imported before measuring starts (by fuzzcache's own imports) is measured from then on:
+# only its import-time lines are missed, which coverage.py would warn about in every process
+QUIET = ["module-not-measured", "no-data-collected"]
 Arc = tuple[int, int]  # (from line, to line); negative: entry or exit of a code object
 
 
@@ -71,6 +74,7 @@ class BranchCoverage:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._cov = coverage.Coverage(data_file=str(self.data_dir / ".coverage"), data_suffix=True, branch=True,
                                       source=list(self.packages), config_file=False)
+        self._cov.set_option("run:disable_warnings", QUIET)
         self._seen: dict[str, set[Arc]] = {}
         self._start = self._last = 0.0
 
@@ -114,6 +118,7 @@ def report(packages: tuple[str, ...], data_dir: Path, snapshots_per_process: lis
     branches reached against examples over time (the processes' snapshots merged in time)."""
     coverage = _coverage_module()
     cov = coverage.Coverage(data_file=str(data_dir / ".coverage"), branch=True, source=list(packages), config_file=False)
+    cov.set_option("run:disable_warnings", QUIET)
     cov.combine([str(data_dir)], keep=True)
     out = data_dir / "coverage.json"
     try:

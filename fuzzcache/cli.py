@@ -91,6 +91,9 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
         packages = branch_coverage.parse_packages(coverage_packages) if coverage_packages else ()
     except ValueError as exc:
         fail(str(exc))
+    if packages and isolate:
+        fail("--coverage measures the processes fuzzcache runs the target in: drop --isolate (an isolated target runs in a worker "
+             "process of its own), or run it --in-process")
     coverage_dir = branch_coverage.data_dir_for(report_dir) if packages else None
     measuring = branch_coverage.BranchCoverage(packages, coverage_dir) if packages else None
     if measuring:

@@ -38,3 +38,10 @@ def max_new_tokens(max_new: int = 8) -> st.SearchStrategy[int]:
 def accept_counts(k: int) -> st.SearchStrategy[int]:
     """0..k drafts accepted; k is all accepted (the bonus token)."""
     return st.integers(0, k)
+
+
+def power_of_two_lengths(lo: int, hi: int) -> st.SearchStrategy[int]:
+    """Lengths lo..hi, half the time at 2^k - 1, 2^k or 2^k + 1 (where caches, windows and
+    buffers are sized: a sliding window of 16 nobody asked for shows past 16). Shrinks toward lo."""
+    near = sorted({n for k in range(1, max(2, hi).bit_length() + 1) for n in (2**k - 1, 2**k, 2**k + 1) if lo <= n <= hi})
+    return st.one_of(st.integers(lo, hi), *([st.sampled_from(near)] if near else []))

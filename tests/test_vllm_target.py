@@ -269,3 +269,21 @@ def test_vllms_known_bugs_claim_only_their_trigger(vllm_llama, config, finding, 
                           "(33 tokens, 0 computed, 32 in the prefix cache, 1 to compute); running: none; token budget 1 a step", {"limit_s": 60.0})
     found = claim(PROPERTIES["engine.trace"], vllm_llama, TraceScenario(STARVED.requests, config), finding)
     assert (found is not None) == claimed, found
+
+
+def test_fuzz_measures_vllms_own_branch_coverage(tmp_path):
+    """``fuzz --coverage vllm.v1.core``: the scheduler's, block pool's and KV cache manager's
+    branches, per file, in the end report and report.json."""
+    import json
+    import subprocess
+    import sys
+
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "fuzzcache.cli", "fuzz", "--target", "vllm:llama", "--property", "engine.trace", "--budget", "20s",
+                           "--workers", "1", "--coverage", "vllm.v1.core", "--corpus", str(tmp_path / "corpus"), "--report-dir", str(report)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # a new shape of a known bug is claimed by it
+    files = json.loads((report / "report.json").read_text())["branch_coverage"]["files"]
+    for name in ("vllm/v1/core/sched/scheduler.py", "vllm/v1/core/block_pool.py", "vllm/v1/core/kv_cache_manager.py"):
+        assert files[name]["reached"] > 5, (name, files[name])
+    assert "engine branch coverage of vllm.v1.core" in proc.stdout

@@ -12,6 +12,7 @@ from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig, TinyGPT
 from fuzzcache.oracle import full_logits
+from strategies.lengths import power_of_two_lengths
 
 SEED_MODEL = ModelConfig()
 
@@ -54,8 +55,9 @@ def oracle_logits(model: TinyGPT, tokens: list[int]) -> torch.Tensor:
 
 
 def token_lists(lo: int, hi: int, vocab: int = SEED_MODEL.vocab_size):
-    """Strategy: token tuples of length lo..hi (shrinking toward short, all zeros)."""
-    return st.lists(st.integers(0, vocab - 1), min_size=lo, max_size=hi).map(tuple)
+    """Strategy: token tuples of length lo..hi, half the time a power of two or one off it
+    (shrinking toward short, all zeros)."""
+    return power_of_two_lengths(lo, hi).flatmap(lambda n: st.lists(st.integers(0, vocab - 1), min_size=n, max_size=n)).map(tuple)
 
 
 def tokens_of(vocab: int, n: int, seed: int) -> list[int]:
