@@ -379,9 +379,10 @@ mutant("preempt_keeps_stale_block_table", "preemption", "a preempted request kee
        # these traces and engine.same.prefix_cache fails them
        *(f"{prop}: {reqs} block_size=1 num_blocks=4" for prop in ("engine.trace", "engine.same.pool") for reqs in STALE_TABLE_REQUESTS),
        *(f"engine.same.prefix_cache: {reqs} block_size=1 num_blocks=4 prefix_cache=True" for reqs in STALE_TABLE_REQUESTS),
-       # a chunked 8-token form the fuzzer found (the searches above had no chunking)
+       # chunked 8-token forms the fuzzer found (the searches above had no chunking)
        *(f"{prop}: [prompt=3 new=1] [prompt=3 new=1 at=1] block_size=1 num_blocks=4 chunk_size=1"
          for prop in ("engine.trace", "engine.same.pool", "engine.same.chunked")),
+       "engine.same.pool: [prompt=2 new=2] [prompt=3 new=1 at=1] block_size=1 num_blocks=4 chunk_size=1",
        # the NaN-logits form (a read of a freed, poisoned block: a contract breach) needs 9 tokens (the same search over
        # all-zero tokens, and three-request traces of all-zero tokens up to 8 tokens, arrivals 0-1, pool min or unbounded)
        triggers_of_kind={"contract": tuple(
@@ -568,6 +569,94 @@ mutant("preempt_fork_frees_shared", "lifecycle", "preempting one of n continuati
        # a one-block pool: the first decode after the fork needs a copy of the shared block, so the other continuation
        # is preempted, and frees the block the first still holds
        "engine.trace: [prompt=1 new=2 n=2] num_blocks=1", scheduler=PreemptForkFreesSharedScheduler)
+
+
+# ---- where two features meet: one feature's bookkeeping on another's path --------------------
+
+
+class DraftedBlocksCachedScheduler(Scheduler):
+    """A verify step offers the blocks it fills to the prefix cache as soon as their KV is written,
+    hashed over the drafted tokens, before verification: a rejected draft's slots are then trimmed
+    (poisoned) or overwritten by the real token in a block the cache still hands out."""
+
+    def write_and_advance(self, w, logits, new_kv):
+        seq = w.seq
+        self.ops.scatter(self.pool, seq.block_table, seq.num_computed, new_kv)
+        if w.drafts and self.prefix is not None:
+            written = (seq.num_computed + w.n) // self.config.block_size
+            self.prefix.commit(seq.tokens + w.drafts, seq.block_table, seq.committed_blocks, written)
+            seq.committed_blocks = written
+        self.advance(w, logits)
+
+
+class AbortCachesPromptScheduler(Scheduler):
+    """An aborted request's prompt blocks go to the prefix cache before they are freed (so its
+    prefill is not wasted), counted from the prompt's length instead of the tokens computed: a
+    block its chunked prefill only partly wrote is cached."""
+
+    def abort(self, seq):
+        if self.prefix is not None and seq.block_table:
+            full = min(len(seq.request.prompt) // self.config.block_size, len(seq.block_table))
+            self.prefix.commit(seq.tokens, seq.block_table, seq.committed_blocks, full)
+            seq.committed_blocks = full
+        super().abort(seq)
+
+
+class PreemptKeepsPrefillProgressScheduler(Scheduler):
+    """Preemption resets the progress only of a request that has decoded: one preempted in the
+    middle of its chunked prefill keeps it, and when re-admitted (with no prefix hit) resumes
+    there, on fresh blocks that hold none of the KV it computed."""
+
+    def preempt(self, seq):
+        progress = 0 if seq.output else seq.num_computed
+        super().preempt(seq)
+        seq.resume_at = progress
+
+    def work_for(self, seq, budget):
+        if getattr(seq, "resume_at", 0) and not seq.block_table:  # being (re-)admitted
+            seq.num_computed = seq.resume_at
+        return super().work_for(seq, budget)
+
+
+# Each needs two or three rare features at once. Minimal triggers: exhaustive search (tests/trigger_search.py NAME and
+# the flags named) over all-zero prompts, one or two requests, arrivals 0-2, block sizes 1, 2, 3 and 16, chunk size
+# none or 1, token budget none or 1, prefix cache off / on, pool unbounded or at its minimum (+0-2), listing per property
+# every failing trace of the fewest tokens that no reduction of TraceScenario makes smaller (the minimizer's fixed points).
+
+# --spec (spec_k 1-2, every draft), 7 tokens, each with speculative decoding, the prefix cache, blocks of 2 and a second
+# request: the verify step of [0] (draft 0, rejected for 37) caches block (0, 0), whose second slot the trim poisons and
+# the next verify fills with 37's KV; a later [0, 0, 0] hits it (NaN logits if it arrives at step 1, wrong ones at 2).
+# Blocks of 1 hold one token each: the drafts' blocks hold the drafts' own KV, which is right for their hash.
+SPEC_DRAFTED = ("[prompt=1 new=2] [prompt=3 new=1 at={at}] block_size=2{knob} prefix_cache=True spec_k=1",
+                "[prompt=3 new=1 at={at}] [prompt=1 new=2] block_size=2{knob} prefix_cache=True spec_k=1")
+mutant("spec_caches_drafted_blocks", "speculative", "a verify step caches the blocks it fills under the drafted tokens, before verification",
+       *(f"{prop}: {trace.format(at=at, knob=knob)}" for prop, knob, arrivals in (
+           ("engine.trace", "", (1, 2)), ("engine.same.prefix_cache", "", (1, 2)), ("engine.same.speculative", "", (1, 2)),
+           ("engine.same.pool", " num_blocks=3", (1,)), ("engine.same.chunked", " chunk_size=1", (1,)),
+           # a budget of one token leaves no room for a draft: config A passes, B (no budget) fails
+           ("engine.same.chunked", " max_batch_tokens=1", (1, 2))) for trace in SPEC_DRAFTED for at in arrivals),
+       scheduler=DraftedBlocksCachedScheduler)
+# --abort (one request aborted 1-3 steps after its arrival), 7 tokens, each with an abort during a chunked prefill
+# (chunk_size=1 or a budget of one token), the prefix cache, blocks of 2 and a second request: [0, 0], aborted after its
+# first prompt token, caches block (0, 0) with its second slot unwritten; [0, 0, 0] hits it (NaN logits). Without the
+# chunking an abort finds a prompt computed whole or not at all; with blocks of 1 every block it holds is written.
+ABORT_PARTIAL = ("[prompt=2 new=1 abort=1] [prompt=3 new=1{at}] block_size=2{pool}{chunk} prefix_cache=True",
+                 "[prompt=3 new=1 at=1] [prompt=2 new=1 abort=1] block_size=2{pool}{chunk} prefix_cache=True")
+mutant("abort_caches_partial_prefill", "lifecycle", "an abort caches the request's prompt blocks, one its chunked prefill only partly wrote too",
+       *(f"{prop}: {trace.format(at=at, pool=pool, chunk=chunk)}"
+         for prop, pool in (("engine.trace", ""), ("engine.same.prefix_cache", ""), ("engine.same.chunked", ""), ("engine.same.pool", " num_blocks=2"))
+         for trace in ABORT_PARTIAL for at, chunk in ((" at=1", " chunk_size=1"), ("", " max_batch_tokens=1"))),
+       scheduler=AbortCachesPromptScheduler)
+# The base space (and --stop, and --abort, each on its own), 6 tokens, each with a preemption (a pool at its minimum),
+# chunked prefill (chunk_size=1) and a second request: the second is preempted after its first prompt token, and
+# resumes at its second on fresh blocks (NaN logits). Without chunking a running request has its whole prompt computed,
+# so a preempted one has decoded; the prefix cache changes nothing (no hit), but engine.same.prefix_cache needs it on.
+PREEMPT_PREFILL = ("[prompt=1 new=2] [prompt=2 new=1] block_size=1 num_blocks=3 chunk_size=1",
+                   "[prompt=2 new=1] [prompt=2 new=1] block_size=1 num_blocks=3 chunk_size=1")
+mutant("preempt_keeps_prefill_progress", "preemption", "a request preempted mid-prefill resumes at its old position on fresh, unwritten blocks",
+       *(f"{prop}: {trace}" for prop in ("engine.trace", "engine.same.pool", "engine.same.chunked") for trace in PREEMPT_PREFILL),
+       *(f"engine.same.prefix_cache: {trace} prefix_cache=True" for trace in PREEMPT_PREFILL),
+       scheduler=PreemptKeepsPrefillProgressScheduler)
 
 
 # ---- KV-cache surgery on HF models (fuzzcache.surgery) ----------------------------------------
