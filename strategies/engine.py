@@ -52,7 +52,6 @@ def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_re
 
 
 FOCUS = ("prefix_cache", "chunked", "speculative", "interleave", "pool")
-FOCUS_FEATURE = {"prefix_cache": "prefix_cache", "chunked": "chunked_prefill", "speculative": "speculative", "interleave": "interleave", "pool": "paged"}
 FOCUS_SWARM = {"prefix_cache": {"prefix cache", "several requests"}, "chunked": {"chunking", "several requests"},
                "speculative": {"drafts", "several requests"}, "interleave": {"fused step", "several requests"},
                "pool": {"bounded pool", "several requests"}}  # a focus's swarm features, always on
