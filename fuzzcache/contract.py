@@ -65,6 +65,11 @@ class Completion:
     forks: list[Completion] = field(default_factory=list)  # continuations 2..n of a request with n > 1
 
 
+def continuations(completion) -> list:
+    """A request's completions: the first continuation and its forks."""
+    return [completion, *(getattr(completion, "forks", None) or [])]
+
+
 def with_forks(first: Completion, forks: list[Completion], n: int, vocab_size: int) -> Completion:
     """A request's Completion: ``first`` with ``forks``, padded to n - 1 with the continuations that
     never forked (the request was aborted before its first token, or asked for none): empty, and

@@ -17,6 +17,7 @@ from hypothesis import target
 from hypothesis.control import currently_in_test_context
 from hypothesis.errors import InvalidArgument
 
+from fuzzcache.contract import continuations
 from fuzzcache.coverage import reached
 from fuzzcache.scenario import TraceScenario
 
@@ -30,17 +31,13 @@ RARE_PATHS = (
 )
 
 
-def _continuations(completion) -> list:
-    return [completion, *(getattr(completion, "forks", None) or [])]
-
-
 def _stats(completion) -> dict:
     return getattr(completion, "stats", None) or {}
 
 
 def every_draft_accepted(scenario: TraceScenario, completions: list) -> float:
     """The best accepted / proposed ratio of any continuation that verified drafts."""
-    ratios = [s.get("draft_accepted", 0) / s["draft_proposed"] for c in completions for s in map(_stats, _continuations(c)) if s.get("draft_proposed")]
+    ratios = [s.get("draft_accepted", 0) / s["draft_proposed"] for c in completions for s in map(_stats, continuations(c)) if s.get("draft_proposed")]
     return max(ratios, default=0.0)
 
 
@@ -50,7 +47,7 @@ def stop_on_block_boundary(scenario: TraceScenario, completions: list) -> float:
     block = scenario.config.block_size
     best = 0.0
     for req, comp in zip(scenario.requests, completions):
-        for each in _continuations(comp):
+        for each in continuations(comp):
             tokens = list(each.tokens)
             if tokens and tokens[-1] in req.stop:
                 offset = (len(req.prompt) + len(tokens) - 1) % block
@@ -87,7 +84,7 @@ def abort_during_prefill(scenario: TraceScenario, completions: list) -> float:
     for req, comp in zip(scenario.requests, completions):
         if req.abort_at is None:
             continue
-        phases = {_stats(each).get("abort_phase", 0) for each in _continuations(comp)}
+        phases = {_stats(each).get("abort_phase", 0) for each in continuations(comp)}
         best = max(best, 1.0 if 2 in phases else 0.5 if phases - {0} else 0.25)
     return best
 
@@ -97,7 +94,7 @@ def preempted_while_sharing(scenario: TraceScenario, completions: list) -> float
     of n continuations); 0.5 for one of the two."""
     best = 0.0
     for req, comp in zip(scenario.requests, completions):
-        for each in _continuations(comp):
+        for each in continuations(comp):
             s = _stats(each)
             preempted, sharing = s.get("preemptions", 0) > 0, s.get("cached_prefix_tokens", 0) > 0 or req.n > 1
             best = max(best, (preempted + sharing) / 2)
@@ -112,7 +109,7 @@ def fork_behind_siblings(scenario: TraceScenario, completions: list) -> float:
     for req, comp in zip(scenario.requests, completions):
         if req.n < 2:
             continue
-        stats = [_stats(each) for each in _continuations(comp)]
+        stats = [_stats(each) for each in continuations(comp)]
         lagged = any(s.get("fork_waited", 0) for s in stats) or any(
             len({s.get(key, 0) for s in stats}) > 1 for key in ("preemptions", "draft_proposed", "draft_accepted"))
         best = max(best, 1.0 if lagged else 0.5)

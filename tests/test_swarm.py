@@ -19,7 +19,22 @@ def target_trace_scenarios(target, focus=None):
     """The target's traces, with a stand-in for the oracle's greedy continuation (stop tokens are
     drawn from it): these tests are about the draws, not the model."""
     return trace_scenarios(frozenset(target.features), target.vocab_size, target.max_seq_len, focus, greedy=lambda prompt, n: [5] * n)
+
+
 FIND = settings(max_examples=300, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+def drawn(strategy, n: int) -> list[TraceScenario]:
+    """The first ``n`` scenarios ``strategy`` draws (derandomized)."""
+    seen = []
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def draw(scenario):
+        seen.append(scenario)
+
+    draw()
+    return seen
 
 
 def lifecycle_of(s: TraceScenario) -> set[str]:
@@ -39,14 +54,7 @@ def config_features(s: TraceScenario) -> set[str]:
 
 
 def test_examples_are_plain_or_combine_rare_features():
-    seen = []
-
-    @settings(max_examples=200, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(target_trace_scenarios(TARGET))
-    def draw(scenario):
-        seen.append(scenario)
-
-    draw()
+    seen = drawn(target_trace_scenarios(TARGET), 200)
     plain_pairs = [s for s in seen if len(s.requests) > 1 and s.config.prefix_cache and not lifecycle_of(s)]
     combined = [s for s in seen if len(lifecycle_of(s) | config_features(s)) >= 3]
     assert len(plain_pairs) >= 10, "two plain requests with the prefix cache on: the search must still try them"
@@ -66,14 +74,7 @@ def test_every_feature_shrinks_to_off():
 
 
 def test_a_focus_keeps_its_path_on_and_two_requests():
-    seen = []
-
-    @settings(max_examples=40, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(target_trace_scenarios(TARGET, focus="pool"))
-    def draw(scenario):
-        seen.append(scenario)
-
-    draw()
+    seen = drawn(target_trace_scenarios(TARGET, focus="pool"), 40)
     assert seen and all(s.config.num_blocks is not None and len(s.requests) >= 2 for s in seen)
 
 
@@ -82,12 +83,5 @@ def test_only_the_features_a_target_declares_are_swarmed():
     assert set(available(bare)) == {name for name, needs in SWARM_FEATURES.items() if needs is None}
     target = ReferenceTarget(name="bare")
     target.features = frozenset(target.features) - LIFECYCLE - {"prefix_cache"}
-    seen = []
-
-    @settings(max_examples=80, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(target_trace_scenarios(target))
-    def draw(scenario):
-        seen.append(scenario)
-
-    draw()
+    seen = drawn(target_trace_scenarios(target), 80)
     assert seen and not any(lifecycle_of(s) or s.config.prefix_cache for s in seen)

@@ -15,7 +15,7 @@ import math
 import torch
 
 from fuzzcache.compare import compare_request, target_tolerance
-from fuzzcache.contract import ABORT_PHASES, LIFECYCLE, EngineConfig
+from fuzzcache.contract import ABORT_PHASES, LIFECYCLE, EngineConfig, continuations
 from fuzzcache.coverage import reached
 from fuzzcache.findings import Finding, contract, mismatch
 from fuzzcache.guard import Unsupported, call_target
@@ -57,11 +57,6 @@ def run_generate(target, scenario: TraceScenario, via: str | None = None) -> lis
     check_pool(target)
     note_paths(target, scenario, out)
     return out
-
-
-def continuations(completion) -> list:
-    """A request's completions: the first continuation and its forks."""
-    return [completion, *(getattr(completion, "forks", None) or [])]
 
 
 def check_shape(target, req, comp, name: str) -> None:
