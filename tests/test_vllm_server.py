@@ -2,9 +2,10 @@
 hand-written traces of each kind (a shared prefix under concurrency, preemption in a small pool,
 an abort mid-stream, a stop token, a repeat cold then warm, n continuations) agree with both
 oracles (the server's own recompute and the HF forward) and reach their paths; a server started
-by hand with the README's command is fuzzed attached; a bug planted inside the server's engine
-core through vLLM's plugin mechanism is caught, shrunk and minimized, and the unpatched server
-passes the repro; a dead server is a crash finding that carries its log.
+by hand with the documented command (docs/targets/vllm-server.md) is fuzzed attached; a bug
+planted inside the server's engine core through vLLM's plugin mechanism is caught, shrunk and
+minimized, and the unpatched server passes the repro; a dead server is a crash finding that
+carries its log.
 
 Each test group shares one server (about 40 s to start on 2 cores). These run in .venv-vllm
 (the README's test command, second part)."""
@@ -33,7 +34,7 @@ from fuzzcache.targets import UnknownTarget, resolve_target
 pytest.importorskip("vllm", reason="vllm-server:<arch> starts vLLM's server from .venv-vllm (README: the test command's second part)")
 pytestmark = pytest.mark.vllm
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+SERVER_PAGE = Path(__file__).resolve().parent.parent / "docs" / "targets" / "vllm-server.md"
 SHARED = tuple(i % 50 + 1 for i in range(64))  # two whole blocks of 32
 TRACE = settings(max_examples=12, deadline=None, database=None, derandomize=True)
 
@@ -137,15 +138,16 @@ def test_a_server_that_dies_is_a_crash_finding_with_its_log():
 
 
 def documented_command() -> list[str]:
-    """The README's command that starts vLLM's server by hand on the tiny model (section "Fuzz your deployment")."""
-    lines = README.read_text().splitlines()
+    """The documented command that starts vLLM's server by hand on the tiny model (docs/targets/vllm-server.md,
+    "A server started by hand")."""
+    lines = SERVER_PAGE.read_text().splitlines()
     start = lines.index("<!-- attached-server-command -->")
     command = next(line for line in lines[start:] if line.startswith("python -m fuzzcache.targets.serve.vllm_cli serve"))
     return shlex.split(command)
 
 
 @pytest.mark.xdist_group("vllm-server-attached")
-def test_attached_mode_fuzzes_a_server_started_by_hand_with_the_readmes_command(tmp_path):
+def test_attached_mode_fuzzes_a_server_started_by_hand_with_the_documented_command(tmp_path):
     from fuzzcache.cli import main as cli
     from fuzzcache.targets.serve.managed import ManagedServer, free_port
 
