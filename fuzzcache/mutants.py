@@ -557,7 +557,7 @@ mutant("stop_retires_before_kv_write", "lifecycle", "a request ending on a stop 
        scheduler=StopBeforeWriteScheduler)
 mutant("fork_writes_shared_block", "lifecycle", "a fork writes into the partial block it shares with its siblings: the copy-on-write copy is made, then never used",
        # the first decode after the fork writes into the prompt's partial block: its copy leaks (greedy continuations write
-       # the same values, so the shared write itself is invisible, see the README)
+       # the same values, so the shared write itself is invisible, see docs/mutation-score.md)
        "engine.trace: [prompt=1 new=2 n=2]", scheduler=CopyNotUsedScheduler)
 mutant("fork_without_reference", "lifecycle", "a fork shares its parent's blocks without taking a reference to them",
        # the second continuation to finish frees the shared block again: a double free

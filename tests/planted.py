@@ -104,7 +104,7 @@ def chunked_prefill_relative(model, tokens, chunk_size, cache=None):
 def without_lifecycle(target):
     """The target with stop, abort and fork undrawn. The stale-block-table bug needs none of them,
     and from some draws the minimizer stops one token above its minimum (a 9-token 1-minimal form,
-    README "Mutation score"); this keeps the search on the draws it took before the lifecycle."""
+    docs/mutation-score.md); this keeps the search on the draws it took before the lifecycle."""
     target.features = target.features - LIFECYCLE
     return target
 

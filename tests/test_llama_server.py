@@ -9,7 +9,7 @@ hang that names its busy slots, a dead one a crash with its log; a bug planted i
 C++ (a second binary from the same build folder) is caught and shrunk, and the stock server
 passes the repro.
 
-The first test to run builds llama-server once per machine (minutes; README), under a file lock
+The first test to run builds llama-server once per machine (minutes; docs/targets/llama-server.md), under a file lock
 that keeps parallel workers from building it twice."""
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def _round_trip_and_composition(info: rotary.RopeInfo, dtype: torch.dtype) -> tu
 
 
 def test_bounds_hold_over_every_architecture_rope_type_and_dtype():
-    """The measurement behind surgery_support's bounds and the README's table (``-s`` prints it)."""
+    """The measurement behind surgery_support's bounds and the table in docs/surgery.md (``-s`` prints it)."""
     model_err, doc_err, shift, seen = {}, {}, {}, set()
     for arch in ARCHS:
         for rope in ROPE_TYPES:

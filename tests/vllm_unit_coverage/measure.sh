@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Branch coverage of vLLM 0.32.0's own tests/v1/core over the installed vllm/v1/core (the README's
-# "Engine branch coverage" table): run from the repository root after the test command set up .venv-vllm.
+# Branch coverage of vLLM 0.32.0's own tests/v1/core over the installed vllm/v1/core (the
+# "Engine branch coverage" table in docs/search.md): run from the repository root after the test command set up .venv-vllm.
 # About 21 minutes on 2 cores. Writes $OUT/unit-tests.json (coverage json) and $OUT/junit.xml.
 set -euo pipefail
 V=$PWD/.venv-vllm/bin; OUT=${OUT:-/tmp/vllm-unit-coverage}; HERE=$(cd "$(dirname "$0")" && pwd)

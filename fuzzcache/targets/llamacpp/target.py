@@ -53,7 +53,7 @@ FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "s
 VARIANTS = {  # name suffix -> (KV cache type, flash attention)
     "": (F32, FLASH_OFF), "+f16kv": (F16, FLASH_OFF), "+flash": (F32, FLASH_ON), "+f16kv+flash": (F16, FLASH_ON),
 }
-# Measured (README, "llama.cpp"; 300 drawn traces each): max |Δlogit| to the oracle 3.6e-5 (llama), 4.2e-5
+# Measured (docs/targets/llamacpp.md; 300 drawn traces each): max |Δlogit| to the oracle 3.6e-5 (llama), 4.2e-5
 # (qwen2) with an f32 cache and flash attention off (two builds differ by ~8e-5); 0.056 (+f16kv), 0.057
 # (+flash: ggml's CPU flash attention rounds K and V to f16), 0.057 (+f16kv+flash; qwen2 0.043).
 TOLERANCES = {"": Tolerance(tie=1e-3, logits=1e-3), "+f16kv": Tolerance(tie=0.15, logits=0.15),

@@ -4,7 +4,7 @@ PyPI has only llama-cpp-python's source, and its wheel holds the library, not th
 module downloads that sdist with pip, configures ``vendor/llama.cpp`` with CMake (no web UI, no
 curl, no tests or examples, static libraries so one binary is the whole server) and builds the
 ``llama-server`` target into ``<cache>/llama-server-<version>/``, where the next run finds it
-(the first build takes minutes; the README states them). A variant with a source patch (a bug
+(the first build takes minutes; docs/targets/llama-server.md states them). A variant with a source patch (a bug
 planted in the server's C++) is built from the same build folder, so only the patched file
 recompiles. One file lock per version keeps parallel test workers from building twice.
 """

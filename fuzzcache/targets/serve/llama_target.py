@@ -62,7 +62,7 @@ TOP_LOGPROBS = 20
 NEVER = -1e9  # the log-prob both the server's rows and the oracle's give the end-of-generation tokens (ignore_eos)
 SLOT_CTX = MAX_MODEL_LEN  # tokens per slot (llama-server caps a slot at the model's trained context anyway)
 F32_KV = ("-ctk", "f32", "-ctv", "f32", "-fa", "off")  # exact: an f32 cache, no flash attention (its default "auto" may pick it)
-# Measured (README, "llama.cpp's server"; python -m fuzzcache.targets.serve.measure llama 150: 150
+# Measured (docs/targets/llama-server.md; python -m fuzzcache.targets.serve.measure llama 150: 150
 # drawn traces per KV type and flash setting, 8,000-11,200 tokens each): max |Δ log-prob| of the
 # streamed rows against the server's own uncached recompute 8.0e-5 (f32 KV, flash off), 7.9e-3
 # (f16 KV), 0.052 and 0.102 (flash on with f32 and f16 KV: ggml's CPU flash attention rounds K and

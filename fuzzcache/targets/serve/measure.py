@@ -4,7 +4,7 @@ server traces (concurrency, shared prefixes, aborts, forks) on each server confi
     python -m fuzzcache.targets.serve.measure [vllm|llama] [TRACES_PER_CONFIG]
 
 prints, per config, the largest |log-prob difference| against the server's own uncached recompute
-and against the HF forward over the same weights, and the requests it took. The README's
+and against the HF forward over the same weights, and the requests it took. The docs'
 tolerances for vllm-server:<arch> and llama-server:<arch> (per KV type) come from this.
 """
 

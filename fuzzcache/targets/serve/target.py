@@ -63,7 +63,7 @@ IDLE_WAIT_S = 5.0  # after a trace: how long the server may take to let go of it
 ARCHITECTURES = ("llama", "qwen2")
 MAX_MODEL_LEN = 256
 FULL_LOGPROBS_MAX = 4096  # an attached server's log-probs are compared in full up to this vocabulary (and its --max-logprobs)
-# Measured (README, "Fuzz your deployment"): the managed CPU server's streamed log-probs equal its
+# Measured (docs/targets/vllm-server.md): the managed CPU server's streamed log-probs equal its
 # own recompute's exactly (0.0) and the HF forward's within 1.2e-4, as for vllm:<arch>.
 MANAGED_TOLERANCE = Tolerance(tie=1e-3, logits=1e-3)
 # An attached server's dtype and kernels are unknown: the widest dtype tolerance fuzzcache uses (bf16's).

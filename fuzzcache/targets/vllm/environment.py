@@ -12,7 +12,7 @@ from typing import Iterator
 INSTALL_HINT = (
     "vllm:<arch> targets need vLLM's CPU build in an environment of its own (it pins transformers "
     "below the hf: targets' version): python3 -m venv .venv-vllm && .venv-vllm/bin/pip install "
-    "-c constraints-vllm.txt -e '.[vllm]' (see the README)"
+    "-c constraints-vllm.txt -e '.[vllm]' (see docs/targets/vllm.md)"
 )
 
 ENGINE_ENV = {
