@@ -20,6 +20,7 @@ from rich.table import Table
 
 from fuzzcache.branch_coverage import BranchCoverage
 from fuzzcache.database import KeepingFailures
+from fuzzcache.html_report import write_html
 from fuzzcache.properties import Property
 from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
 from fuzzcache.scenario import short_form
@@ -284,7 +285,7 @@ def minimized_note(saved: Saved) -> str:
 
 
 def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
-    """report.json and junit.xml under ``out_dir``."""
+    """report.json, junit.xml and the HTML report (index.html) under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = {
         "target": result.target,
@@ -300,10 +301,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
                 "errors": t.errors,
                 "distinct_failures": len(t.found),
                 "examples_to_first_failure": t.examples_to_first_failure,
-                "findings": [{"kind": s.kind, "message": s.message, "path": str(s.path) if s.path else None, "new": s.new,
-                              "triage": s.triage, "known_bugs": s.known_bugs,
-                              "repro": short_form(s.scenario), "shrunk": short_form(s.shrunk_scenario),
-                              "minimized": s.minimized.record() if s.minimized else None} for s in t.found],
+                "findings": [s.record() for s in t.found],
             }
             for t in result.totals.values()
         },
@@ -321,4 +319,6 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
             ET.SubElement(case, "error", message=t.errors[0])
     junit_path = out_dir / "junit.xml"
     ET.ElementTree(suite).write(junit_path, encoding="unicode", xml_declaration=True)
+    write_html(data, out_dir)
     return json_path, junit_path
+

@@ -13,7 +13,7 @@ with respect to the set) or the cap on checks is reached.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from fuzzcache import coverage
@@ -42,6 +42,7 @@ class Minimized:
     capped: bool  # stopped at the cap, not at a fixed point
     interrupted: bool = False  # Ctrl-C: the best so far is returned, the caller re-raises
     note: str = ""  # why the repro is not the minimizer's form, when it is not
+    history: list = field(default_factory=list)  # {"checks", "tokens", "repro"} at the start and at each accepted step
 
     def record(self) -> dict:
         """What the corpus file keeps about this pass."""
@@ -129,6 +130,7 @@ def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MA
     if finding.kind == "nondeterministic":  # it does not fail reliably: nothing to hold a candidate to
         return Minimized(best, best_finding, 0, 0.0, False, note="not minimized: the target disagrees with itself")
     tried: set = set()  # (candidate, request): a deterministic target answers the same again
+    history = [step_record(0, scenario)]
     coverage.muted = True
     try:
         progress = True
@@ -151,13 +153,28 @@ def minimize(prop, target, scenario: Any, finding: Finding, max_checks: int = MA
                 got = finding_of(prop, target, candidate.scenario)
                 if got is not None and same_failure(finding, got, want):
                     best, best_finding, rid = candidate.scenario, got, want
+                    history.append(step_record(checks, best))
                     progress = True
                     break  # restart from the smaller scenario
     except KeyboardInterrupt:
         interrupted = True
     finally:
         coverage.muted = False
-    return Minimized(best, best_finding, checks, time.perf_counter() - start, capped, interrupted)
+    return Minimized(best, best_finding, checks, time.perf_counter() - start, capped, interrupted, history=history)
+
+
+def token_count(scenario: Any) -> int:
+    """The tokens a repro asks for: prompts and new tokens of a trace, else its list elements."""
+    requests = getattr(scenario, "requests", None)
+    if requests is not None:
+        return sum(len(r.prompt) + r.n * r.max_new_tokens for r in requests)
+    return generic_size(scenario)[0]
+
+
+def step_record(checks: int, scenario: Any) -> dict:
+    """One point of the minimizer's history: checks run so far, and the repro's size then."""
+    short = getattr(scenario, "short", None)
+    return {"checks": checks, "tokens": token_count(scenario), "repro": short() if short else str(to_jsonable(scenario))[:200]}
 
 
 def finding_of(prop, target, scenario) -> Finding | None:

@@ -17,6 +17,7 @@ from hypothesis import settings as Settings
 from fuzzcache.mutants import Mutant
 from fuzzcache.properties import PROPERTIES, Property
 from fuzzcache.runner import run_property
+from fuzzcache.html_report import write_html
 from fuzzcache.scenario import short_form
 
 
@@ -41,6 +42,7 @@ class MutantScore:
     minimize_seconds: float | None = None
     seconds_total: float = 0.0
     known_bugs: list[str] = field(default_factory=list)  # the target's known bugs the fuzzer found (``fuzzcache.known_bugs``): no kill
+    finding: dict | None = None  # the killing finding as report.json records it (``Saved.record``), drawn in index.html
 
     @property
     def fixed_killed(self) -> bool:
@@ -103,6 +105,7 @@ def score_target(spec: str, make: Callable[[], object], base: Settings, budget_s
             result.seconds_to_kill = round(spent_seconds + (run.seconds_to_find or run.seconds), 2)
             documented = result.documented = list(mutant.documented(found.kind)) if mutant else []
             result.repro = f"{prop.id}: {short_form(found.scenario)}"
+            result.finding = found.record() | {"property": f"{spec}: {prop.id}"}
             result.shrunk_repro = f"{prop.id}: {short_form(found.shrunk_scenario)}"
             result.equals_documented = result.repro in documented if documented else None
             result.repro_tokens, result.shrunk_tokens = short_form_tokens(result.repro), short_form_tokens(result.shrunk_repro)
@@ -180,5 +183,7 @@ def write_outputs(scores: list[MutantScore], out_dir: Path, header: dict) -> tup
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "mutants.md", out_dir / "mutants.json"
     md.write_text(markdown_table(scores))
-    js.write_text(json.dumps({**header, "mutants": [asdict(s) | {"fixed_killed": s.fixed_killed} for s in scores]}, indent=2) + "\n")
+    data = {**header, "mutants": [asdict(s) | {"fixed_killed": s.fixed_killed} for s in scores]}
+    js.write_text(json.dumps(data, indent=2) + "\n")
+    write_html(data, out_dir)
     return md, js

@@ -6,6 +6,7 @@ reported as ``nondeterministic``. The minimal example Hypothesis ends on is save
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 import time
@@ -24,6 +25,7 @@ from fuzzcache.database import ReadOnlyOnceStopped
 from fuzzcache.findings import Finding, signature
 from fuzzcache.minimize import MAX_CHECKS, Minimized, minimize
 from fuzzcache.properties import Property, get
+from fuzzcache.scenario import short_form
 from fuzzcache.stopping import STOP_SIGNALS, stops_the_run
 
 RERUNS = 2
@@ -54,11 +56,35 @@ class Saved:
     minimized: Minimized | None = None  # the minimizer's pass (None: it did not run)
     signatures: frozenset = frozenset()  # of the failure as found, as confirmed and as saved (``findings.signature``)
     known_bugs: list[str] = field(default_factory=list)  # the known bugs that claimed it (``fuzzcache.known_bugs``)
+    picture: dict | None = None  # the data of its pictures in the HTML report (``fuzzcache.finding_picture``)
 
     @property
     def untriaged(self) -> bool:
         """New in the corpus and explained by no triage nor known bug: what fails a run."""
         return self.new and self.triage is None
+
+    def record(self) -> dict:
+        """This finding in report.json: what the terminal report says, and its HTML pictures' data."""
+        return {"property": self.property, "kind": self.kind, "message": self.message, "path": str(self.path) if self.path else None,
+                "new": self.new, "triage": self.triage, "known_bugs": self.known_bugs, "writeup": self.writeup(),
+                "repro": short_form(self.scenario), "shrunk": short_form(self.shrunk_scenario),
+                "minimized": self.minimized.record() if self.minimized else None,
+                "history": self.minimized.history if self.minimized else [], "picture": self.picture}
+
+    def writeup(self) -> str | None:
+        """The triage write-up it points at: a ``corpus/<name>.md`` its corpus file's triage names,
+        or its known bug's write-up of the same name."""
+        if self.path is None or not (self.triage or self.known_bugs):
+            return None
+        try:
+            text = (corpus.load(self.path).triage or {}).get("writeup") or ""
+        except corpus.CorpusError:
+            text = ""
+        named = re.search(r"corpus/[\w.-]+\.md", text)
+        if named:
+            return named.group(0)
+        root = Path(self.path).parents[2]  # <corpus>/<target>/<property>/<file>
+        return next((f"corpus/{bug}.md" for bug in self.known_bugs if (root / f"{bug}.md").exists()), None)
 
 
 @dataclass
@@ -268,7 +294,7 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     options = target_options(target)
     existing = corpus.find(corpus_dir, target_spec, prop.id, scenario, options) if corpus_dir is not None else None
     if existing is not None:
-        return _already_saved(prop, existing, scenario, finding, first)
+        return _already_saved(prop, existing, scenario, finding, first, target)
     shrunk, result = scenario, None
     found_by = known_bugs.claim(prop, target, scenario, finding, model=reduce)  # a known bug's shape is not minimized
     if reduce and found_by is None:
@@ -286,10 +312,23 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     else:
         triage = None if new or path is None else _classification(path)
     return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result,
-                 frozenset({first, signature(prop.id, finding)}), found_by.ids if found_by else [])
+                 frozenset({first, signature(prop.id, finding)}), found_by.ids if found_by else [],
+                 picture_of(prop, target, scenario, finding))
 
 
-def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: tuple) -> Saved:
+def picture_of(prop: Property, target, scenario, finding: Finding) -> dict:
+    """The report's picture data of a saved finding; a failure to draw it loses nothing else."""
+    from fuzzcache.finding_picture import picture
+
+    try:
+        return picture(prop, target, scenario, finding)
+    except KeyboardInterrupt:
+        return {"note": "interrupted before its picture was drawn"}
+    except Exception as exc:  # noqa: BLE001 - the finding is saved already; the report says why it has no picture
+        return {"note": f"no picture: {type(exc).__name__}: {exc}"}
+
+
+def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: tuple, target=None) -> Saved:
     """A finding the corpus holds at ``path``: its repro and triage as saved there."""
     try:
         case = corpus.load(path)
@@ -299,7 +338,8 @@ def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: 
     triage = (case.triage or {}).get("classification") if case else None
     bugs = list((case.triage or {}).get("known_bugs", [])) if case else []
     return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk,
-                 signatures=frozenset({first, signature(prop.id, finding)}), known_bugs=bugs)
+                 signatures=frozenset({first, signature(prop.id, finding)}), known_bugs=bugs,
+                 picture=picture_of(prop, target, repro, finding) if target is not None else None)
 
 
 def _classification(path: Path) -> str | None:
@@ -323,6 +363,15 @@ def replay(case: corpus.Case, target=None, isolate: bool | None = None) -> Findi
     except Unsupported as exc:
         return Finding("contract", f"the target now rejects this config: {exc}")
     return None
+
+
+def replayed_record(path: Path, case: corpus.Case, target, finding: Finding, claimed_by: list[str]) -> dict:
+    """A replayed file that still fails, in report.json: as a campaign's finding, drawn again."""
+    saved = Saved(case.property, finding.kind, finding.message, path, False, case.scenario,
+                  (case.triage or {}).get("classification") or ("known bug" if claimed_by else None), case.shrunk_scenario,
+                  known_bugs=list((case.triage or {}).get("known_bugs", [])) or claimed_by,
+                  picture=picture_of(get(case.property), target, case.scenario, finding))
+    return saved.record()
 
 
 def claimed_on_replay(case: corpus.Case, target, finding: Finding) -> "known_bugs.Claim | None":

@@ -25,6 +25,7 @@ from fuzzcache.engine.batching import Row
 from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
 from fuzzcache.engine.paged import BlockPool, blocks_needed, slot_of
 from fuzzcache.model import TinyGPT
+from fuzzcache.timeline import StepEvent
 
 STAT_KEYS = ("cached_prefix_tokens", "preemptions", "draft_proposed", "draft_accepted", "fused_steps")
 
@@ -91,6 +92,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.step = 0
         self.engine_stats = {"steps": 0, "evictions": 0, "prefix_hit_blocks": 0, "fused_steps": 0, "preemptions": 0, "forks": 0}
+        self.timeline: list[StepEvent] = []  # what each step did to each sequence (``fuzzcache.timeline``)
 
     # ---- scheduling -------------------------------------------------------------------
 
@@ -203,7 +205,12 @@ class Scheduler:
         for w, (logits, new_kv) in zip(plan, results):
             if fused:
                 w.seq.stats["fused_steps"] += 1
+            kind = "verify" if w.drafts else "decode" if w.is_decode else "prefill"
+            held, accepted_before = tuple(w.seq.block_table), w.seq.stats["draft_accepted"]
+            shared = tuple(b for b in held if self.allocator.ref_count[b] > 1)
             self.write_and_advance(w, logits, new_kv)
+            self.timeline.append(StepEvent(self.step, w.seq.request.rid, kind, w.seq.fork, w.n, len(w.drafts),
+                                           w.seq.stats["draft_accepted"] - accepted_before, held, shared))
 
     def write_and_advance(self, w: Work, logits: torch.Tensor, new_kv) -> None:
         """Scatter the work's new KV into the pool, then account for it."""
@@ -304,16 +311,37 @@ class Scheduler:
         while self.waiting or self.running:
             if self.step > step_limit:
                 raise RuntimeError(f"scheduler made no progress in {step_limit} steps (livelock)")
+            before = self.lifecycle_state()
             self.abort_due()
             plan = self.schedule()
             if plan:
                 self.execute(plan)
+            self.note_lifecycle(before, {id(w.seq) for w in plan})
             self.step += 1
         self.engine_stats["steps"] = self.step
         self.engine_stats["evictions"] = self.allocator.evictions
         self.pool_account = PoolAccount(self.pool.num_blocks, len(self.allocator.free), len(self.allocator.evictable))
         return [with_forks(self.completion(s), [self.completion(f) for f in self.forks if f.request is s.request],
                            s.request.n, self.model.config.vocab_size) for s in self.sequences]
+
+    def lifecycle_state(self) -> dict[int, tuple]:
+        return {id(s): (s.stats["preemptions"], s.aborted, s.stopped, s.done) for s in self.sequences + self.forks}
+
+    def note_lifecycle(self, before: dict[int, tuple], scheduled: set[int]) -> None:
+        """The step's timeline events besides the work: who forked, was preempted, left, or waited."""
+        waiting = {id(s) for s in self.waiting}
+        for s in self.sequences + self.forks:
+            rid, old = s.request.rid, before.get(id(s))
+            if old is None:
+                self.timeline.append(StepEvent(self.step, rid, "forked", s.fork))
+                old = (s.stats["preemptions"], False, False, False)
+            if s.done and not old[3]:
+                kind = "abort" if s.aborted else "stop" if s.stopped else "finished"
+                self.timeline.append(StepEvent(self.step, rid, kind, s.fork))
+            elif s.stats["preemptions"] > old[0]:
+                self.timeline.append(StepEvent(self.step, rid, "preempted", s.fork))
+            elif id(s) in waiting and id(s) not in scheduled and s.request.arrival <= self.step:
+                self.timeline.append(StepEvent(self.step, rid, "queued", s.fork))
 
     def completion(self, s: Sequence) -> Completion:
         vocab = self.model.config.vocab_size

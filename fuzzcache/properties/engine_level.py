@@ -265,7 +265,7 @@ def _metamorphic(pid: str, description: str, requires: set[str], variant, focus:
     register(Property(
         id=pid, level="engine", description=description, scenario_type=TraceScenario,
         strategy=lambda t: target_trace_scenarios(t, focus),
-        check=check_same(variant), requires=frozenset(requires),
+        check=check_same(variant), requires=frozenset(requires), variant=variant,
     ))
 
 

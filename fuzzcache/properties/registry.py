@@ -25,6 +25,7 @@ class Property:
     # (target, scenario, modeled bug names) -> None, raises Finding: ``check`` with an oracle that behaves as the named
     # known bugs do (fuzzcache.known_bugs); None: this property's oracle models no bug
     check_modeling: Callable[[Any, Any, frozenset[str]], None] | None = None
+    variant: Callable[[Any], Any] | None = None  # a metamorphic property's second config: scenario -> EngineConfig
 
     def applies_to(self, target) -> bool:
         return self.unmet(target) is None

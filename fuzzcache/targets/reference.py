@@ -40,6 +40,7 @@ class ReferenceTarget:
         self.features = FEATURES
         self.last_stats: dict[str, int] = {}
         self.last_pool = None  # a PoolAccount after each generate
+        self.last_timeline: list = []  # the StepEvents of the latest generate (``fuzzcache.timeline``)
         self._surgery = surgery
 
     @property
@@ -58,6 +59,7 @@ class ReferenceTarget:
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
         scheduler = self.scheduler_class(self.model, config, list(requests), self.ops)
+        self.last_timeline = scheduler.timeline  # filled step by step: a crash leaves the steps before it
         completions = scheduler.run()
         self.last_stats = scheduler.engine_stats
         self.last_pool = scheduler.pool_account

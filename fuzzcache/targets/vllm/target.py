@@ -70,6 +70,7 @@ from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, t
 from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
 from fuzzcache.targets.vllm.known_bugs import KNOWN_BUGS
+from fuzzcache.targets.vllm.steps import StepRecorder
 
 ARCHITECTURES = ("llama", "qwen2")
 MAX_SEQ_LEN = 256
@@ -115,6 +116,7 @@ class VLLMTarget:
         self.last_stats: dict[str, int] = {}
         self.last_ignored: tuple[str, ...] = ()
         self.last_pool: PoolAccount | None = None
+        self.last_timeline: list = []  # the StepEvents of the latest generate (``fuzzcache.timeline``)
 
     def warm_up(self) -> None:
         """Build every engine a config can ask for (``fuzzcache bench`` times this apart)."""
@@ -196,6 +198,8 @@ class VLLMTarget:
         step; the engine stepped until all ended."""
         scheduler = install_scheduler(llm, config, scheduler_config, self.engines.max_blocks(config.block_size))
         drafts = DraftCounter(scheduler)
+        recorder = StepRecorder(scheduler, drafts)
+        self.last_timeline = recorder.events  # filled step by step: a crash leaves the steps before it
         engine = llm.llm_engine
         call = next(self._call_ids)
         pending = sorted(requests, key=lambda r: r.arrival)
@@ -224,6 +228,7 @@ class VLLMTarget:
                 rid, first = slot[out.request_id]
                 for sample in out.outputs:
                     latest[(rid, first + sample.index)] = (sample, out.num_cached_tokens or 0)
+            recorder.after_step(step, children)
             step += 1
             before, state = state, progress(scheduler)
             idle = idle + 1 if state == before and not pending and not aborting else 0  # nothing scheduled, nothing due
