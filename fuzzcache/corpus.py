@@ -1,5 +1,8 @@
 """The corpus: shrunk repros as readable JSON files, content-addressed, written atomically and
-never overwritten. ``corpus/<target>/<property>/crash-<sha1>.json`` (ARCHITECTURE.md section 6)."""
+never overwritten. ``corpus/<target>/<property>/<kind>-<sha1>.json`` (ARCHITECTURE.md section 6),
+named by the finding's kind (``PREFIXES``) like libFuzzer's crash-, leak- and timeout- files. The
+hash leaves the kind out, so one input is one case under any name: older versions named every
+file ``crash-<sha1>.json``, and those names keep loading, deduplicating and merging as the same case."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +19,13 @@ from typing import Any, Iterable
 import hypothesis
 import torch
 
-from fuzzcache.findings import Finding
+from fuzzcache.findings import KINDS, Finding
 from fuzzcache.jsonable import from_jsonable, to_jsonable
 
 SCHEMA_VERSION = 1
 TRIAGE_CLASSES = ("upstream-bug", "by-design")  # a triaged case is known to fail until upstream changes
+PREFIXES = {kind: kind.replace("_", "-") for kind in KINDS}  # a file's name by its finding kind: engine_error -> engine-error-<sha1>.json
+CASE_NAME = re.compile(rf"(?:{'|'.join(PREFIXES.values())})-(?P<digest>[0-9a-f]{{40}})\.json")  # old crash- names of any kind included
 
 
 class CorpusError(ValueError):
@@ -61,18 +67,37 @@ def target_dir(target: str) -> str:
     return target.replace("://", "-").replace("/", "-")
 
 
-def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path:
-    return Path(corpus_dir) / target_dir(target) / property_id / f"crash-{case_hash(target, property_id, scenario, target_options)}.json"
+def case_path(corpus_dir: Path, target: str, property_id: str, scenario: Any, target_options: dict | None = None, *, kind: str) -> Path:
+    """Where a new ``kind`` finding on ``scenario`` is written (``held`` finds it under any name)."""
+    return Path(corpus_dir) / target_dir(target) / property_id / file_name(kind, case_hash(target, property_id, scenario, target_options))
+
+
+def file_name(kind: str, digest: str) -> str:
+    return f"{PREFIXES[kind]}-{digest}.json"
+
+
+def digest_of(path: Path | str) -> str | None:
+    """The case hash in a corpus file's name, whatever kind's prefix it has; None for another name."""
+    match = CASE_NAME.fullmatch(Path(path).name)
+    return match["digest"] if match else None
+
+
+def held(folder: Path, digest: str, kind: str | None = None) -> Path | None:
+    """The file in ``folder`` that holds case ``digest`` under any kind's name (``kind``'s own
+    first): an old ``crash-`` name or another kind's name is the same case."""
+    prefixes = sorted(PREFIXES.values(), key=lambda prefix: prefix != PREFIXES.get(kind))
+    return next((path for prefix in prefixes if (path := folder / f"{prefix}-{digest}.json").exists()), None)
 
 
 def find(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, target_options: dict | None = None) -> Path | None:
-    """The corpus file that holds ``scenario`` as its repro (its content-addressed path) or as
-    its Hypothesis-shrunk form (a minimized file of the same finding), if any."""
-    path = case_path(Path(corpus_dir), target, property_id, scenario, target_options)
-    if path.exists():
+    """The corpus file that holds ``scenario`` as its repro (its content-addressed name, of any
+    kind) or as its Hypothesis-shrunk form (a minimized file of the same finding), if any."""
+    folder = Path(corpus_dir) / target_dir(target) / property_id
+    path = held(folder, case_hash(target, property_id, scenario, target_options))
+    if path is not None:
         return path
     want, options = to_jsonable(scenario), target_options or {}
-    for other in sorted(path.parent.glob("crash-*.json")):
+    for other in sorted(q for q in folder.glob("*.json") if not q.name.startswith(".tmp-")):
         try:
             record = json.loads(other.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -85,13 +110,15 @@ def find(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, t
 def save(corpus_dir: Path | str, target: str, property_id: str, scenario: Any, finding: Finding, target_options: dict | None = None,
          shrunk_scenario: Any = None, minimized: dict | None = None, triage: dict | None = None) -> tuple[Path, bool]:
     """Write the repro (``scenario``; replay runs it), with Hypothesis's ``shrunk_scenario`` and
-    the minimizer's record beside it when the minimizer ran; returns (path, True) when new,
-    (path, False) when it was already there."""
+    the minimizer's record beside it when the minimizer ran, named by the finding's kind;
+    returns (path, True) when new, (path, False) when the case was already there (under any
+    kind's name, an old ``crash-`` one included)."""
     from fuzzcache import __version__
 
-    path = case_path(Path(corpus_dir), target, property_id, scenario, target_options)
-    if path.exists():
-        return path, False
+    path = case_path(Path(corpus_dir), target, property_id, scenario, target_options, kind=finding.kind)
+    existing = held(path.parent, digest_of(path), finding.kind)
+    if existing is not None:
+        return existing, False
     record = {
         "schema": SCHEMA_VERSION,
         "property": property_id,
@@ -138,11 +165,12 @@ class Merged:
 
 
 def merge(dest: Path | str, sources: Iterable[Path | str]) -> Merged:
-    """Copy every file of each source corpus folder into ``dest`` at the same relative path.
-    Content addressing makes one repro found on many machines one file: a file already there
-    with the same substance (``SUBSTANCE``; dates, versions and timings aside) collapses; one
-    that differs (another kind on another machine, another triage) is a conflict,
-    reported, and the destination's file is kept. Corpus files are validated first."""
+    """Copy every file of each source corpus folder into ``dest`` at the same relative path (an
+    old ``crash-`` name of another kind's case under its kind's name). Content addressing makes
+    one repro found on many machines one file: a file already there for the same hash, under
+    any kind's name, with the same substance (``SUBSTANCE``; dates, versions and timings aside)
+    collapses; one that differs (another kind on another machine, another triage) is a
+    conflict, reported, and the destination's file is kept. Corpus files are validated first."""
     dest, out = Path(dest), Merged()
     for source in map(Path, sources):
         if not source.is_dir():
@@ -151,10 +179,15 @@ def merge(dest: Path | str, sources: Iterable[Path | str]) -> Merged:
             target = dest / path.relative_to(source)
             if path.suffix == ".json":
                 try:
-                    load(path)
+                    case = load(path)
                 except CorpusError as exc:
                     out.errors.append(str(exc))
                     continue
+                digest = digest_of(path)
+                if digest is not None:
+                    if case.kind in PREFIXES:
+                        target = target.with_name(file_name(case.kind, digest))
+                    target = held(target.parent, digest, case.kind) or target
             if write_new(target, path.read_bytes()):
                 out.copied.append(target)
                 continue

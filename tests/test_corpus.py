@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from fuzzcache import corpus, guard
 from fuzzcache.cli import main
 from fuzzcache.contract import EngineConfig, Request
-from fuzzcache.findings import Finding
+from fuzzcache.findings import KINDS, Finding
 from fuzzcache.scenario import TraceScenario, to_jsonable
 
 pytest_plugins = ["pytester"]
@@ -92,7 +92,7 @@ def test_save_writes_a_readable_content_addressed_file(tmp_path):
     assert new
     digest = corpus.case_hash("reference", "engine.trace", SCENARIO)
     assert len(digest) == 40 and int(digest, 16) >= 0
-    assert path == tmp_path / "corpus" / "reference" / "engine.trace" / f"crash-{digest}.json"
+    assert path == tmp_path / "corpus" / "reference" / "engine.trace" / f"mismatch-{digest}.json"
     assert files_under(tmp_path) == [path]
     text = path.read_text()
     assert text.startswith("{\n  ") and text.endswith("}\n")  # indented for people to read
@@ -146,6 +146,52 @@ def test_save_leaves_no_temporary_files(tmp_path):
         save(tmp_path, target=f"t{i}")
     assert not [p for p in tmp_path.rglob(".tmp-*")]
     assert len(files_under(tmp_path)) == 3
+
+
+# --- names: a file by its finding's kind; old crash- names are the same case ---------------
+
+NAMED = {"mismatch": "mismatch", "crash": "crash", "hang": "hang", "leak": "leak", "contract": "contract",
+         "nondeterministic": "nondeterministic", "engine_error": "engine-error"}
+
+
+def test_every_finding_kind_has_a_file_name():
+    assert set(NAMED) == set(KINDS) and corpus.PREFIXES == NAMED
+
+
+@pytest.mark.parametrize("kind", sorted(NAMED))
+def test_a_saved_finding_is_named_by_its_kind(tmp_path, kind):
+    path, new = save(tmp_path, finding=Finding(kind, "m"))
+    digest = corpus.case_hash("reference", "engine.trace", SCENARIO)
+    assert new and path.name == f"{NAMED[kind]}-{digest}.json" and files_under(tmp_path) == [path]
+    assert corpus.load(path).kind == kind and corpus.digest_of(path) == digest
+
+
+def old_named(path: Path) -> Path:
+    """A corpus file renamed as fuzzcache named every file before names said the kind."""
+    return path.rename(path.with_name(f"crash-{corpus.digest_of(path)}.json"))
+
+
+def test_an_old_crash_name_is_the_same_case_for_find_and_save(tmp_path):
+    old = old_named(save(tmp_path)[0])  # a mismatch
+    original = old.read_bytes()
+    assert corpus.find(tmp_path, "reference", "engine.trace", SCENARIO) == old
+    for kind in ("mismatch", "hang"):  # its own kind's name or another's: one case, no second file
+        assert save(tmp_path, finding=Finding(kind, "again")) == (old, False)
+    assert files_under(tmp_path) == [old] and old.read_bytes() == original
+
+
+def test_an_old_crash_name_loads_and_replays(tmp_path, planted, cli):
+    old = old_named(save(tmp_path, target=planted)[0])
+    assert corpus.load(old).kind == "mismatch"
+    result = cli("replay", old)
+    assert result.exit_code == 1 and f"FAILS  {old}: [mismatch]" in result.output
+
+
+def test_the_pytest_plugin_runs_an_old_crash_name(pytester, planted):
+    old = old_named(save(pytester.path / "corpus", target=planted)[0])
+    result = pytester.runpytest("-p", "no:cacheprovider", "-v")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f"*{old.name}*FAILED*"])
 
 
 # --- load ----------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def only_finding(run: PropertyRun, corpus_dir: Path, kind: str):
     assert saved.new
     record = json.loads(saved.path.read_text())
     assert saved.path.parent == corpus_dir / record["target"] / "engine.trace"
-    assert saved.path.name.startswith("crash-") and saved.path.suffix == ".json"
+    assert saved.path.name == f"{corpus.PREFIXES[kind]}-{corpus.case_hash(record['target'], 'engine.trace', saved.scenario)}.json"
     assert RECORD_KEYS <= set(record)
     assert record["kind"] == kind
     assert record["property"] == "engine.trace"

@@ -78,6 +78,44 @@ def test_corpus_merge_collapses_duplicates_copies_new_files_and_reports_conflict
     assert (dest / same_a.relative_to(a)).read_text() == kept
 
 
+def old_named(path):
+    """A corpus file as older versions named every file, whatever its kind: crash-<sha1>.json."""
+    return path.rename(path.with_name(f"crash-{corpus.digest_of(path)}.json"))
+
+
+def test_corpus_merge_takes_an_old_and_a_new_name_of_one_hash_as_one_case(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    held, _ = corpus.save(dest, "reference", "engine.trace", SCENARIO, FINDING)  # mismatch-<sha1>.json
+    old_named(corpus.save(src, "reference", "engine.trace", SCENARIO, FINDING)[0])
+    result = invoke("corpus", "merge", dest, src)
+    assert result.exit_code == 0 and "0 copied, 1 already there, 0 conflict(s)" in result.output, result.output
+    assert [p for p in dest.rglob("*") if p.is_file()] == [held]
+    # the other way round: an old name in the destination, the new name in the source
+    old_dest = tmp_path / "old-dest"
+    kept = old_named(corpus.save(old_dest, "reference", "engine.trace", SCENARIO, FINDING)[0])
+    result = invoke("corpus", "merge", old_dest, dest)
+    assert result.exit_code == 0 and "0 copied, 1 already there, 0 conflict(s)" in result.output, result.output
+    assert [p for p in old_dest.rglob("*") if p.is_file()] == [kept]
+    # a genuine difference between the two names is still a conflict; the destination's file is kept
+    (path,) = src.rglob("*.json")
+    record = json.loads(path.read_text())
+    record["kind"] = "hang"
+    path.write_text(json.dumps(record))
+    result = invoke("corpus", "merge", dest, src)
+    assert result.exit_code == 1 and "CONFLICT" in result.output and "differs in kind" in result.output
+    assert json.loads(held.read_text())["kind"] == "mismatch" and [p for p in dest.rglob("*") if p.is_file()] == [held]
+
+
+def test_corpus_merge_copies_an_old_name_under_its_kinds_name(tmp_path):
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    old = old_named(corpus.save(src, "reference", "engine.trace", SCENARIO, FINDING)[0])
+    result = invoke("corpus", "merge", dest, src)
+    assert result.exit_code == 0 and "1 copied" in result.output, result.output
+    (copied,) = [p for p in dest.rglob("*") if p.is_file()]
+    assert copied == dest / old.relative_to(src).with_name(f"mismatch-{corpus.digest_of(old)}.json")
+    assert copied.read_bytes() == old.read_bytes()
+
+
 def test_corpus_merge_refuses_unreadable_files_and_missing_folders(tmp_path):
     src = tmp_path / "src"
     (src / "reference" / "engine.trace").mkdir(parents=True)

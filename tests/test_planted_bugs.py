@@ -13,7 +13,7 @@ from hypothesis import settings
 from fuzzcache.cli import main
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import replay, run_property
-from fuzzcache.corpus import load
+from fuzzcache.corpus import PREFIXES, load
 from fuzzcache.mutants import ZOO
 from fuzzcache.targets import resolve_target
 
@@ -44,8 +44,9 @@ def test_planted_bug_is_found_shrunk_saved_and_replayed(property_id, tmp_path):
     run = run_property(PROPERTIES[property_id], buggy, spec, FIND, tmp_path)
     assert run.error is None
     assert len(run.found) == 1, f"{property_id} did not catch {buggy.name} in {run.examples} examples"
-    files = list(tmp_path.rglob("crash-*.json"))
+    files = list(tmp_path.rglob("*.json"))
     assert len(files) == 1 and files[0].parent == tmp_path / spec / property_id
+    assert files[0].name.startswith(PREFIXES[run.found[0].kind] + "-")  # named by its kind: mismatch-, leak-, ...
     record = json.loads(files[0].read_text())
     assert record["property"] == property_id and record["target"] == spec
     short = load(files[0]).scenario.short().strip()

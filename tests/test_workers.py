@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from fuzzcache.corpus import digest_of
+
 PLANTED = '''
 from fuzzcache.model import ModelConfig
 from fuzzcache.targets.reference import ReferenceTarget
@@ -47,9 +49,14 @@ def start_fuzz(tmp_path, *args, background: bool = False):
                             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
+def corpus_files(tmp_path) -> list:
+    """The corpus files written so far, whatever their kind's name (not a save's temporary file)."""
+    return [p for p in (tmp_path / "corpus").rglob("*.json") if digest_of(p)]
+
+
 def wait_for_files(tmp_path, count: int, limit_s: float = 120) -> None:
     deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline and len(list((tmp_path / "corpus").rglob("crash-*.json"))) < count:
+    while time.monotonic() < deadline and len(corpus_files(tmp_path)) < count:
         time.sleep(0.5)
 
 
@@ -97,4 +104,4 @@ def test_sigterm_stops_a_background_run_and_keeps_what_it_found(tmp_path, worker
     assert data["interrupted"] is True
     saved = {f["path"] for p in data["properties"].values() for f in p["findings"]}
     assert saved and all(os.path.exists(p) for p in saved)
-    assert {str(p) for p in (tmp_path / "corpus").rglob("crash-*.json")} <= saved  # every file written is in the report
+    assert {str(p) for p in corpus_files(tmp_path)} <= saved  # every file written is in the report
