@@ -320,8 +320,9 @@ def picture_of(prop: Property, target, scenario, finding: Finding) -> dict:
     """The report's picture data of a saved finding; a failure to draw it loses nothing else."""
     from fuzzcache.finding_picture import picture
 
+    start = time.perf_counter()
     try:
-        return picture(prop, target, scenario, finding)
+        return picture(prop, target, scenario, finding) | {"seconds": round(time.perf_counter() - start, 2)}
     except KeyboardInterrupt:
         return {"note": "interrupted before its picture was drawn"}
     except Exception as exc:  # noqa: BLE001 - the finding is saved already; the report says why it has no picture
