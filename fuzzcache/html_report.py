@@ -133,11 +133,18 @@ def coverage_section(cov: dict, ids) -> str:
 
 
 def mutants_table(mutants: list[dict]) -> str:
-    rows = [[esc(m["target"]), "killed" if m.get("fuzz_killed") else "<span class='never'>survived</span>", esc(m.get("killed_by") or "-"),
+    rows = [[esc(m["target"]), verdict(m), esc(m.get("killed_by") or "-"),
              esc(m.get("seconds_to_kill") if m.get("seconds_to_kill") is not None else "-"),
              esc(m.get("examples_to_kill") if m.get("examples_to_kill") is not None else "-"), f"<code>{esc(m.get('repro') or '-')}</code>"]
             for m in mutants]
     return "<h2>Mutants</h2>" + table(["mutant", "fuzzer", "property", "s to kill", "examples to kill", "minimized repro"], rows)
+
+
+def verdict(m: dict) -> str:
+    """A mutant killed is good, a mutant surviving is not; the correct engine the other way round."""
+    if m["target"] == "reference":
+        return "<span class='never'>FLAGGED</span>" if m.get("fuzz_killed") else "survived (the correct engine)"
+    return "killed" if m.get("fuzz_killed") else "<span class='never'>survived</span>"
 
 
 # ---- findings --------------------------------------------------------------------------------
