@@ -388,3 +388,25 @@ def test_the_known_bugs_claim_their_files():
     assert {b.id for b in HFTarget.known_bugs} == {"hf-fork-one-token-prompt", "hf-cancel-after-soft-reset-hang",
                                                    "hf-prefix-blocks-unregistered-on-finish"}
     assert len(TRIAGED) >= 22 and all((Path(__file__).parent.parent / f"corpus/{b.id}.md").exists() for b in HFTarget.known_bugs)
+
+
+def test_continuous_batching_reports_its_steps():
+    """The HTML report's timeline: transformers' steps read off its RequestStates (prefill chunks,
+    decodes, a request waiting for blocks, an abort, a stop, the end); the other paths keep none."""
+    target = resolve_target("hf:llama")
+    requests = [Request(0, tuple(range(1, 8)), 4, n=2), Request(1, (7, 8, 9), 3, arrival=1, abort_at=3),
+                Request(2, (5, 6, 5, 6), 5, arrival=1, stop=tuple(range(target.vocab_size)))]
+    out = target.generate(requests, EngineConfig(block_size=4, chunk_size=3, max_batch_tokens=8, prefix_cache=True, num_blocks=4))
+    events = target.last_timeline
+    kinds = {(e.rid, e.kind) for e in events}
+    assert {(0, "prefill"), (0, "decode"), (0, "finished"), (1, "abort"), (2, "queued"), (2, "stop")} <= kinds, kinds
+    for rid, comp in enumerate(out):  # a continuation's prefill covers its prompt, its decodes its other tokens
+        if rid == 0:
+            work = [e for e in events if e.rid == 0 and e.fork == 0 and e.kind in ("prefill", "decode")]
+            assert sum(e.tokens for e in work) == len(requests[0].prompt) + len(comp.tokens) - 1
+    assert all(e.step >= 1 for e in events if e.rid in (1, 2))  # nothing before their arrival
+    many = [Request(i, tuple(range(1 + i, 9 + i)), 12) for i in range(3)]  # admitted together, they outgrow 5 blocks
+    target.generate(many, EngineConfig(block_size=4, num_blocks=5))
+    assert sum(e.kind == "preempted" for e in target.last_timeline) == target.last_stats["preemptions"] > 0
+    target.generate_via("static", requests[:1], EngineConfig())
+    assert target.last_timeline is None

@@ -66,12 +66,13 @@ def key_of(request_id: str) -> Key:
 
 
 def stepped_generate(model, generation_config, cb_config, requests: Sequence[Request], max_steps: int,
-                     engine_hook: Callable | None = None) -> SteppedRun:
+                     engine_hook: Callable | None = None, recorder=None) -> SteppedRun:
     """Run ``requests`` (each added at its arrival step, aborted at its abort step) through a
     fresh continuous-batching manager on ``model``; greedy, EOS = each request's stop tokens,
     ``n - 1`` forks per request. Raises EngineError when the engine fails a request and
     TimeoutError when it stops making progress (livelock). ``engine_hook(manager, processor)``
-    runs once before the first step (planted bugs)."""
+    runs once before the first step (planted bugs); ``recorder`` (a ``steps.StepRecorder``) sees
+    every step's outcome."""
     manager = model.init_continuous_batching(generation_config=generation_config, continuous_batching_config=cb_config)
     processor = manager._create_batch_processor()
     if engine_hook is not None:
@@ -110,6 +111,8 @@ def stepped_generate(model, generation_config, cb_config, requests: Sequence[Req
             key = key_of(out.request_id)
             run.results[key].tokens = list(out.generated_tokens)
             unfinished.discard(key)
+        if recorder is not None:
+            recorder.after_step(step, manager, processor, run, unfinished)
         step += 1
     run.steps = step
     run.pool = pool_account(processor.cache)

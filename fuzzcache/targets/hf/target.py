@@ -49,6 +49,7 @@ import torch
 
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests, with_forks
 from fuzzcache.targets.hf.continuous import stepped_generate
+from fuzzcache.targets.hf.steps import StepRecorder
 from fuzzcache.targets.hf.known_bugs import KNOWN_BUGS
 from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, quiet_transformers, tiny_model
 
@@ -102,6 +103,7 @@ class HFTarget:
         self.last_ignored: tuple[str, ...] = ()  # what the latest path could not express; note_paths reports it
         self.last_stats: dict[str, int] = {}
         self.last_pool = None  # continuous batching's pool after the latest call (a PoolAccount), else None
+        self.last_timeline = None  # continuous batching's steps after the latest call (``fuzzcache.timeline``)
 
     # ---- the contract -------------------------------------------------------------------------
 
@@ -135,6 +137,7 @@ class HFTarget:
         self.last_ignored = self.ignored_fields(path, requests, config)
         self.last_stats = {}
         self.last_pool = None
+        self.last_timeline = None  # continuous batching's steps (``fuzzcache.timeline``); the other paths keep none
         live = [r for r in requests if r.max_new_tokens > 0]
         done = {r.rid: [Completion(r.rid, [], torch.zeros(0, self.vocab_size)) for _ in range(r.n)] for r in requests if r.max_new_tokens == 0}
         if path == "speculative":
@@ -298,7 +301,9 @@ class HFTarget:
         )
         max_steps = 4 * total + max((r.arrival for r in requests), default=0) + 16
         self._fresh_rotary()
-        run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps, self.engine_hook)
+        recorder = StepRecorder(requests)
+        self.last_timeline = recorder.events  # filled step by step: a crash leaves the steps before it
+        run = stepped_generate(self.cb_model, self._generation_config(eos_token_id=-1), cb_config, requests, max_steps, self.engine_hook, recorder)
         self.last_stats = {"steps": run.steps, "preemptions": sum(r.preemptions for r in run.results.values())}
         self.last_pool = run.pool
         completions = {}
