@@ -287,3 +287,22 @@ def test_fuzz_measures_vllms_own_branch_coverage(tmp_path):
     for name in ("vllm/v1/core/sched/scheduler.py", "vllm/v1/core/block_pool.py", "vllm/v1/core/kv_cache_manager.py"):
         assert files[name]["reached"] > 5, (name, files[name])
     assert "engine branch coverage of vllm.v1.core" in proc.stdout
+
+
+def test_vllm_reports_its_steps(vllm_llama):
+    """The HTML report's timeline (``targets/vllm/steps.py``), read off vLLM's Requests and KV cache
+    manager: chunked prefill, a prefix hit's shared block, drafts verified, a preemption, an abort."""
+    config = EngineConfig(block_size=32, chunk_size=8, prefix_cache=True, spec_k=2, draft="prompt_lookup")
+    trace = (TRACE[0], Request(1, SHARED + (9,), 5, arrival=6), TRACE[2], Request(4, SHARED + (11,), 5, arrival=1, abort_at=4))
+    out = vllm_llama.generate(trace, config)
+    events = vllm_llama.last_timeline
+    kinds = {(e.rid, e.kind) for e in events}
+    assert {(0, "prefill"), (0, "finished"), (2, "verify"), (4, "abort")} <= kinds, kinds
+    assert kinds & {(1, "decode"), (1, "verify")}, kinds
+    prefill = [e.tokens for e in events if e.rid == 0 and e.kind == "prefill"]
+    assert prefill and max(prefill) <= 8 and sum(prefill) == len(TRACE[0].prompt)  # chunks of at most 8
+    assert any(e.drafts for e in events if e.kind == "verify")
+    assert any(e.shared for e in events if e.rid == 1), "request 1 (arriving once request 0's prompt is in) shares its cached first block"
+    assert sum(1 for e in events if e.rid == 0 and e.kind in ("decode", "verify")) <= len(out[0].tokens)
+    vllm_llama.generate(GROWING, EngineConfig(block_size=32, num_blocks=3))
+    assert sum(e.kind == "preempted" for e in vllm_llama.last_timeline) == vllm_llama.last_stats["preemptions"] > 0
