@@ -1,4 +1,4 @@
-"""The ``fuzzcache`` command: fuzz, replay, minimize, corpus merge, bench, mutants, list."""
+"""The ``fuzzcache`` command: fuzz, replay, minimize, export, corpus merge, bench, mutants, list."""
 
 from __future__ import annotations
 
@@ -414,6 +414,24 @@ def corpus_merge(dest, sources) -> None:
         click.echo(f"ERROR    {line}")
     click.echo(f"{len(merged.copied)} copied, {len(merged.same)} already there, {len(merged.conflicts)} conflict(s), {len(merged.errors)} unreadable")
     sys.exit(1 if merged.conflicts or merged.errors else 0)
+
+
+@main.command("export")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--to", "to", default="fuzzcache-export", show_default=True, type=click.Path(path_type=Path), help="folder the repro's folder goes in")
+@click.option("--name", default=None, help="the repro's folder name (default: <target>-<case hash>, e.g. vllm-llama-c66427317b3d)")
+def export_cmd(file, to, name) -> None:
+    """Write a standalone repro of the corpus FILE of a real engine (hf:, vllm:, llamacpp:) for an
+    upstream report: DIR/<name>/repro.py, which runs the finding with the engine alone (no
+    fuzzcache) and exits 1 while the bug is there, and the tiny model's files beside it."""
+    from fuzzcache.export import ExportError, export
+
+    try:
+        done = export(file, to, name)
+    except ExportError as exc:
+        fail(str(exc))
+    click.echo(f"wrote {done.folder}/: {', '.join(p.name for p in done.files)}")
+    click.echo(f"run it: python {done.folder / 'repro.py'}   (needs {done.engine} and torch; exit 1 while the bug is there)")
 
 
 @main.command("tiny-model")
