@@ -29,6 +29,7 @@ from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import resolve_target
 
 from bounded import CORPUS, assert_only_triaged_findings
+from exported import COMMITTED, engine_of, reported, run_standalone, source_of
 
 pytest.importorskip("vllm", reason="vllm:<arch> targets run in .venv-vllm (README: the test command's second part)")
 pytestmark = pytest.mark.vllm
@@ -306,3 +307,32 @@ def test_vllm_reports_its_steps(vllm_llama):
     assert sum(1 for e in events if e.rid == 0 and e.kind in ("decode", "verify")) <= len(out[0].tokens)
     vllm_llama.generate(GROWING, EngineConfig(block_size=32, num_blocks=3))
     assert sum(e.kind == "preempted" for e in vllm_llama.last_timeline) == vllm_llama.last_stats["preemptions"] > 0
+
+
+VLLM_EXPORTS = [f for f in COMMITTED if engine_of(f) == "vllm"]
+
+
+@pytest.mark.parametrize("folder", VLLM_EXPORTS, ids=lambda f: f.name)
+def test_the_exported_vllm_script_reproduces_the_finding_with_vllm_alone(folder, tmp_path):
+    """corpus/export/<write-up>/repro.py (``fuzzcache export``, tests/test_export.py) run by this
+    environment's Python, fuzzcache unimportable: it exits 1 and prints what the finding says."""
+    case = source_of(folder)
+    done = run_standalone(folder / "repro.py", tmp_path, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "\nFAIL " in "\n" + done.stdout and reported(case) in out, (reported(case), out[-3000:])
+
+
+def test_an_exported_vllm_script_passes_where_vllm_agrees(tmp_path):
+    """STARVED with a budget of 1 + spec_k finishes (corpus/vllm-spec-pad-starves-small-budget.md):
+    its export as an engine.same.speculative case runs two engines, drafting and not, in one
+    process (the second built past vLLM's llvmlite scan, corpus/vllm-rebind-kernels-llvmlite.md),
+    and both agree with the oracle."""
+    from fuzzcache import corpus
+    from fuzzcache.export import export
+
+    fine = TraceScenario(STARVED.requests, dataclasses.replace(STARVED.config, max_batch_tokens=2))
+    path, _ = corpus.save(tmp_path / "corpus", "vllm:llama", "engine.same.speculative", fine, Finding("mismatch", "a control"))
+    folder = export(path, tmp_path / "out", "control").folder
+    done = run_standalone(folder / "repro.py", tmp_path, timeout=600)
+    assert done.returncode == 0 and done.stdout.count("== config") == 2 and "PASS" in done.stdout, (done.stdout + done.stderr)[-3000:]
