@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 import sys
@@ -57,7 +58,7 @@ def main() -> None:
 @click.option("--profile", default="nightly", show_default=True, type=click.Choice(["dev", "ci", "nightly"]), help="Hypothesis settings; the budget bounds the time whatever the profile")
 @click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(path_type=Path))
 @click.option("--database", "database_spec", default=None, help="Hypothesis example database: a folder, or redis://host:port/db shared by every worker on every machine")
-@click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and junit.xml go")
+@click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json, junit.xml and the HTML report (index.html) go")
 @click.option("--example-timeout", default=60.0, show_default=True, help="seconds one call into the target may take before it is a 'hang' finding")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]), help="model dtype (default: the target's own; tolerances widen for fp16/bf16)")
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
@@ -133,7 +134,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     for error in errors:
         console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)
     json_path, junit_path = write_reports(result, report_dir)
-    console.print(f"reports: {json_path} {junit_path}")
+    console.print(f"reports: {json_path} {junit_path} {json_path.parent / 'index.html'}")
     sys.exit(1 if result.untriaged_findings else 2 if errors else 0)
 
 
@@ -184,12 +185,15 @@ def corpus_cases(paths, target_spec: str | None, isolate: bool | None = None):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", "target_spec", default=None, help="replay against this target instead of the one each file names")
+@click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and index.html go")
 @ISOLATE
-def replay(paths, target_spec, isolate) -> None:
-    """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does."""
-    from fuzzcache.runner import claimed_on_replay, replay as replay_case
+def replay(paths, target_spec, isolate, report_dir) -> None:
+    """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does.
+    The files that still fail are drawn in REPORT_DIR/index.html (data in report.json)."""
+    from fuzzcache.runner import claimed_on_replay, replay as replay_case, replayed_record
 
     still, bad, known, files = 0, 0, 0, 0
+    records = []
     for path, case, target in corpus_cases(paths, target_spec, isolate):
         files += 1
         if case is None:
@@ -198,6 +202,8 @@ def replay(paths, target_spec, isolate) -> None:
             continue
         finding = replay_case(case, target)
         claim = claimed_on_replay(case, target, finding) if finding is not None and not case.known else None
+        if finding is not None:
+            records.append(replayed_record(path, case, target, finding, claim.ids if claim else []))
         if claim is not None:
             known += 1
             click.echo(f"KNOWN  {path}: {finding} (known bug: {' + '.join(claim.ids)}; not triaged in the file)")
@@ -213,7 +219,38 @@ def replay(paths, target_spec, isolate) -> None:
             still += 1
             click.echo(f"FAILS  {path}: {finding}")
     click.echo(f"{files} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {files - still - bad - known} fixed")
+    write_replay_report(report_dir, records, files)
     sys.exit(1 if still or bad else 0)
+
+
+def write_replay_report(report_dir: Path, records: list[dict], files: int) -> None:
+    from fuzzcache.html_report import write_html
+
+    data = {"title": f"fuzzcache replay: {files} file(s), {len(records)} still failing", "findings": records}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    click.echo(f"report: {write_html(data, report_dir)}")
+
+
+@main.command()
+@click.argument("report_dir", type=click.Path(path_type=Path, file_okay=False))
+def report(report_dir) -> None:
+    """Write REPORT_DIR/index.html from the report.json that fuzz, replay or mutants left there."""
+    from fuzzcache.html_report import write_html
+
+    for name in ("report.json", "mutants.json"):
+        source = report_dir / name
+        if source.exists():
+            break
+    else:
+        fail(f"{report_dir}: no report.json (fuzz, replay) nor mutants.json (mutants) to draw")
+    try:
+        data = json.loads(source.read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"{source}: not a readable report ({exc})")
+    if not isinstance(data, dict):
+        fail(f"{source}: not a fuzzcache report (a JSON object was expected)")
+    click.echo(f"report: {write_html(data, report_dir)}")
 
 
 @main.command()
@@ -274,7 +311,7 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, isolate)
 
 
 def _corpus_root(path: Path, case) -> Path:
-    """The corpus folder of ``corpus/<target>/<property>/crash-*.json``; else ``path``'s folder."""
+    """The corpus folder of ``corpus/<target>/<property>/<kind>-<sha1>.json``; else ``path``'s folder."""
     from fuzzcache.corpus import target_dir
 
     if path.parent.name == case.property and path.parent.parent.name == target_dir(case.target):
