@@ -66,7 +66,9 @@ def checked_by_both_oracles(server, scenario: TraceScenario) -> list:
 
 TRACES = {
     "shared prefix under concurrency": [Request(i, SHARED + (i + 1,) * (i + 1), 8) for i in range(6)],
-    "preemption": [Request(i, SHARED + (i + 1,) * 30, 40) for i in range(8)],
+    # each needs 2 shared blocks and 4 of its own (64 + 30 + 80 tokens): any two running at once
+    # outgrow the 8-block pool, however the requests' arrivals spread under load
+    "preemption": [Request(i, SHARED + (i + 1,) * 30, 80) for i in range(4)],
     "abort mid-stream": [Request(0, SHARED + (3,), 30, abort_at=4), Request(1, SHARED + (4,), 12)],
     "repeat cold then warm": [Request(0, SHARED + (5, 6), 8), Request(1, SHARED + (5, 6), 8, arrival=25)],
     "n continuations": [Request(0, SHARED + (7,), 8, n=3)],
