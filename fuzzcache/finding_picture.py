@@ -49,6 +49,11 @@ def picture(prop, target, scenario: Any, finding: Finding) -> dict:
 def run_once(target, scenario: TraceScenario, label: str, config) -> dict:
     """One ``generate`` of the repro's requests under ``config``, compared with the oracle."""
     run: dict[str, Any] = {"label": label, "config": str(config), "error": None, "positions": []}
+    if getattr(target, "last_timeline", None) is not None:
+        try:
+            target.last_timeline = None  # a call refused before it steps must not show the previous call's steps
+        except AttributeError:
+            pass
     try:
         completions = call_target(f"{target.name}.generate", target.generate, scenario.requests, config)
     except Finding as found:
