@@ -21,7 +21,7 @@ from rich.table import Table
 from fuzzcache.branch_coverage import BranchCoverage
 from fuzzcache.database import KeepingFailures
 from fuzzcache.html_report import write_html
-from fuzzcache.properties import Property
+from fuzzcache.properties import Property, draws_traces
 from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
 from fuzzcache.scenario import short_form
 
@@ -233,11 +233,9 @@ def print_report(result: CampaignResult, console: Console) -> None:
 def print_rare_paths(result: CampaignResult, console: Console) -> None:
     """Per trace property, each rare path the search steers toward (fuzzcache.rare_paths):
     examples that reached it, or NEVER."""
-    from fuzzcache.properties import PROPERTIES
     from fuzzcache.rare_paths import RARE_PATHS
-    from fuzzcache.scenario import TraceScenario
 
-    traced = [t for t in result.totals.values() if t.property in PROPERTIES and PROPERTIES[t.property].scenario_type is TraceScenario and t.examples]
+    traced = [t for t in result.totals.values() if draws_traces(t.property) and t.examples]
     if traced:
         console.print("[bold]rare paths[/] (steered toward with hypothesis.target; examples that reached each)")
     for t in traced:

@@ -25,6 +25,7 @@ from fuzzcache.jsonable import from_jsonable, to_jsonable
 SCHEMA_VERSION = 1
 TRIAGE_CLASSES = ("upstream-bug", "by-design")  # a triaged case is known to fail until upstream changes
 PREFIXES = {kind: kind.replace("_", "-") for kind in KINDS}  # a file's name by its finding kind: engine_error -> engine-error-<sha1>.json
+WRITEUP = re.compile(r"corpus/[\w.-]+\.md")  # a triage write-up's path, as a triage's text names it
 CASE_NAME = re.compile(rf"(?:{'|'.join(PREFIXES.values())})-(?P<digest>[0-9a-f]{{40}})\.json")  # old crash- names of any kind included
 
 
@@ -60,6 +61,17 @@ def case_hash(target: str, property_id: str, scenario: Any, target_options: dict
     device joins the target part, so an fp16 repro never shadows the fp32 one."""
     key = [target, target_options] if target_options else target
     return hashlib.sha1(canonical([key, property_id, to_jsonable(scenario)]).encode()).hexdigest()
+
+
+def writeup_link(triage: dict | None, known_bugs: Iterable[str] = ()) -> str | None:
+    """The write-up ``corpus/<name>.md`` a triage names in its text, else that of its first known
+    bug (the triage's own, then ``known_bugs``: those that claimed a finding): one of the same name."""
+    triage = triage or {}
+    named = WRITEUP.search(triage.get("writeup") or "")
+    if named:
+        return named.group(0)
+    bugs = [*triage.get("known_bugs", []), *known_bugs]
+    return f"corpus/{bugs[0]}.md" if bugs else None
 
 
 def target_dir(target: str) -> str:

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
+from fuzzcache.properties import draws_traces
 from fuzzcache.rare_paths import RARE_PATHS
 from fuzzcache.timeline import KINDS
 
@@ -109,9 +110,7 @@ def paths_chart(name: str, paths: dict, ids) -> str:
     colors = ["#f58518" if k.startswith("rare: ") else "#4c78a8" for k in names]
     fig = go.Figure(go.Bar(x=[paths[k] for k in names], y=names, orientation="h", marker_color=colors))
     fig.update_xaxes(type="log", title="examples")
-    never = []
-    if any(k.startswith("rare: ") for k in paths) or name.startswith("engine."):
-        never = [r for r in RARE_PATHS if not paths.get(f"rare: {r}")]
+    never = [r for r in RARE_PATHS if not paths.get(f"rare: {r}")] if draws_traces(name) else []
     note = f"<p class='never'>Rare paths NEVER reached: {esc(', '.join(never))}</p>" if never else ""
     return figure(fig, ids, height=120 + 18 * len(names)) + note
 

@@ -6,7 +6,6 @@ reported as ``nondeterministic``. The minimal example Hypothesis ends on is save
 
 from __future__ import annotations
 
-import re
 import signal
 import threading
 import time
@@ -72,19 +71,15 @@ class Saved:
                 "history": self.minimized.history if self.minimized else [], "picture": self.picture}
 
     def writeup(self) -> str | None:
-        """The triage write-up it points at: a ``corpus/<name>.md`` its corpus file's triage names,
-        or its known bug's write-up of the same name."""
+        """The triage write-up it points at (``corpus.writeup_link``): one its corpus file's triage
+        names, or its known bug's."""
         if self.path is None or not (self.triage or self.known_bugs):
             return None
         try:
-            text = (corpus.load(self.path).triage or {}).get("writeup") or ""
+            triage = corpus.load(self.path).triage
         except corpus.CorpusError:
-            text = ""
-        named = re.search(r"corpus/[\w.-]+\.md", text)
-        if named:
-            return named.group(0)
-        root = Path(self.path).parents[2]  # <corpus>/<target>/<property>/<file>
-        return next((f"corpus/{bug}.md" for bug in self.known_bugs if (root / f"{bug}.md").exists()), None)
+            triage = None
+        return corpus.writeup_link(triage, self.known_bugs)
 
 
 @dataclass
@@ -294,7 +289,7 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
     options = target_options(target)
     existing = corpus.find(corpus_dir, target_spec, prop.id, scenario, options) if corpus_dir is not None else None
     if existing is not None:
-        return _already_saved(prop, existing, scenario, finding, first, target)
+        return _already_saved(prop, existing, scenario, finding, first, target if reduce else None)
     shrunk, result = scenario, None
     found_by = known_bugs.claim(prop, target, scenario, finding, model=reduce)  # a known bug's shape is not minimized
     if reduce and found_by is None:
@@ -311,9 +306,13 @@ def _save(prop: Property, target_spec: str, corpus_dir, scenario, finding: Findi
         triage = found_by.triage()["classification"]
     else:
         triage = None if new or path is None else _classification(path)
+    stopping = not reduce or (result is not None and result.interrupted)  # no more target calls on the way out
     return Saved(prop.id, finding.kind, finding.message, path, new, scenario, triage, shrunk, result,
                  frozenset({first, signature(prop.id, finding)}), found_by.ids if found_by else [],
-                 picture_of(prop, target, scenario, finding))
+                 STOPPED if stopping else picture_of(prop, target, scenario, finding))
+
+
+STOPPED = {"note": "not drawn: the run was being stopped (no more target calls on the way out)"}
 
 
 def picture_of(prop: Property, target, scenario, finding: Finding) -> dict:
@@ -340,7 +339,7 @@ def _already_saved(prop: Property, path: Path, shrunk, finding: Finding, first: 
     bugs = list((case.triage or {}).get("known_bugs", [])) if case else []
     return Saved(prop.id, finding.kind, finding.message, path, False, repro, triage, shrunk,
                  signatures=frozenset({first, signature(prop.id, finding)}), known_bugs=bugs,
-                 picture=picture_of(prop, target, repro, finding) if target is not None else None)
+                 picture=picture_of(prop, target, repro, finding) if target is not None else STOPPED)
 
 
 def _classification(path: Path) -> str | None:

@@ -17,7 +17,6 @@ from pathlib import Path
 WEIGHTS = "model.safetensors"
 EXIT_STATUS = ("Exit status: 0 when the engine agrees with the full-recompute forward; 1 while the bug is there\n"
                "({failure}); 2 when the script cannot run here (a missing package or model file).")
-WRITEUP = re.compile(r"corpus/[\w.-]+\.md")
 
 
 @dataclass
@@ -62,12 +61,10 @@ def first_lines(message: str, limit: int = 700) -> str:
 
 
 def writeup_link(case) -> str | None:
-    """``corpus/<id>.md`` the triage names (in its text, else its first known bug's id), if any."""
-    triage = case.triage or {}
-    match = WRITEUP.search(triage.get("writeup", ""))
-    if match:
-        return match.group(0)
-    return f"corpus/{triage['known_bugs'][0]}.md" if triage.get("known_bugs") else None
+    """``corpus/<id>.md`` the case's triage names (in its text, else its first known bug's id), if any."""
+    from fuzzcache.corpus import writeup_link as link
+
+    return link(case.triage)
 
 
 def raised_at(case) -> str:

@@ -7,4 +7,13 @@ from fuzzcache.properties import surgery_rotary, surgery_cache, surgery_bpe  # n
 from fuzzcache.properties import surgery_memory  # noqa: F401  (an engine's own KV-memory ops)
 from fuzzcache.properties.registry import PROPERTIES, Property, get, register, select
 
-__all__ = ["PROPERTIES", "Property", "get", "register", "select"]
+from fuzzcache.scenario import TraceScenario
+
+__all__ = ["PROPERTIES", "Property", "draws_traces", "get", "register", "select"]
+
+
+def draws_traces(property_id: str) -> bool:
+    """Its examples are request traces: the rare paths (``fuzzcache.rare_paths``) are steered
+    toward, and reported, for these properties."""
+    prop = PROPERTIES.get(property_id)
+    return prop is not None and prop.scenario_type is TraceScenario
