@@ -76,4 +76,3 @@ def get(prop_id: str) -> Property:
     if prop_id not in PROPERTIES:
         raise ValueError(f"unknown property {prop_id!r}; known: {', '.join(PROPERTIES)}")
     return PROPERTIES[prop_id]
-
