@@ -55,10 +55,12 @@ def test_one_keep_going_run_saves_both_bugs_each_at_its_own_trigger(tmp_path):
 
 def test_a_failure_already_in_the_corpus_no_longer_ends_its_property(tmp_path):
     first = campaign(tmp_path, budget_s=6.0)
-    assert first.totals[TRACE.id].found
+    saved = {s.kind for s in first.totals[TRACE.id].found}
+    assert saved
     again = campaign(tmp_path, budget_s=6.0)  # same corpus: what it finds again is reported once, not new
     totals = again.totals[TRACE.id]
-    assert totals.found and not again.new_findings and totals.examples > 50
+    found_again = [s for s in totals.found if s.kind in saved]  # under load the first 6 s may reach only one of the two bugs
+    assert found_again and not [s for s in found_again if s.new] and totals.examples > 50
     assert len({s.path for s in totals.found}) == len(totals.found)  # each distinct failure once
 
 
