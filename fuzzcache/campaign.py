@@ -1,5 +1,5 @@
-"""A fuzz campaign: round-robin over properties under a time budget, with a live display,
-an end report, and JSON / JUnit XML files. Ctrl-C stops cleanly and keeps what was found."""
+"""A fuzz campaign: round-robin over properties under a time budget, and its JSON / JUnit XML /
+HTML report files (the terminal's view: fuzzcache.terminal). Ctrl-C stops cleanly and keeps what was found."""
 
 from __future__ import annotations
 
@@ -7,23 +7,18 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from hypothesis import settings as Settings
 from hypothesis.database import ExampleDatabase
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from fuzzcache.branch_coverage import BranchCoverage
 from fuzzcache.database import KeepingFailures
 from fuzzcache.html_report import write_html
-from fuzzcache.properties import Property, draws_traces
+from fuzzcache.properties import Property
 from fuzzcache.runner import Interrupted, PropertyRun, Saved, run_property
-from fuzzcache.scenario import short_form
 
 
 # Examples per Hypothesis run in a campaign (runs repeat, with fresh seeds, until the budget is
@@ -95,28 +90,12 @@ def parse_budget(text: str) -> float:
         raise ValueError(f"budget {text!r}: expected e.g. 90s, 10m, 2h") from None
 
 
-def progress_table(target: str, rows: Iterable[tuple[str, int, float, int]], elapsed: float, budget: float) -> Table:
-    """The live table: (property, examples, seconds, distinct failures) per property."""
-    table = Table(title=f"fuzzcache fuzz --target {target}   {elapsed:.0f}s / {budget:.0f}s")
-    for col in ("property", "examples", "examples/s", "distinct failures"):
-        table.add_column(col, justify="left" if col == "property" else "right")
-    for prop, examples, seconds, failures in rows:
-        table.add_row(prop, str(examples), f"{examples / seconds if seconds else 0.0:.1f}", str(failures))
-    return table
+Progress = Callable[[list, float], None]  # (rows as in ``rows_of``, seconds elapsed): told after every example
 
 
 def rows_of(totals: dict[str, PropertyTotals]) -> list[tuple[str, int, float, int]]:
+    """(property, examples, seconds, distinct failures) per property: what the progress line counts."""
     return [(t.property, t.examples, t.seconds, len(t.found)) for t in totals.values()]
-
-
-Progress = Callable[[list, float], None]  # (rows as in ``progress_table``, seconds elapsed)
-
-
-@contextmanager
-def live_display(console: Console, target_spec: str, budget_s: float) -> Iterator[Progress]:
-    """A rich Live table that a campaign (or its workers) updates through the yielded callback."""
-    with Live(progress_table(target_spec, [], 0.0, budget_s), console=console, refresh_per_second=4, transient=False) as live:
-        yield lambda rows, elapsed: live.update(progress_table(target_spec, rows, elapsed, budget_s))
 
 
 def run_campaign(
@@ -192,94 +171,6 @@ def run_campaign(
     server = target.server_report() if callable(getattr(target, "server_report", None)) else None
     snapshots = [coverage.stop(examples[0])] if coverage else []
     return CampaignResult(target_spec, totals, time.monotonic() - start, interrupted, server, snapshots)
-
-
-def print_report(result: CampaignResult, console: Console) -> None:
-    console.print(f"\n[bold]fuzzcache report[/] target={result.target} time={result.seconds:.0f}s" + (" (interrupted)" if result.interrupted else ""))
-    table = Table()
-    for col in ("property", "examples", "examples/s", "result"):
-        table.add_column(col)
-    for t in result.totals.values():
-        status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} distinct failure(s)" if t.found else "ok")
-        table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status)
-    console.print(table)
-    if result.server:
-        s = result.server
-        starts = ", ".join(f"{x['config']} {x['seconds']:.0f}s" for x in s.get("starts", []))
-        console.print(f"server: {s['url']}: {s['requests']} requests in {s['trace_seconds']:.0f}s of traces ({s['requests_per_s'] or 0:.1f} requests/s)"
-                      + (f"; started for {starts}" if starts else ""), markup=False, highlight=False)
-        for name, c in (s.get("per_config") or {}).items():
-            console.print(f"  config {name}: {c['traces']} traces ({c['traces_per_s'] or 0:.2f}/s while it served), {c['requests']} requests "
-                          f"({c['requests_per_s'] or 0:.1f}/s while traces ran)", markup=False, highlight=False)
-    console.print("[bold]paths reached[/] (examples that reached each path; a path missing here was never exercised)")
-    for t in result.totals.values():
-        paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())) or "(no path events)"
-        console.print(f"  {t.property}: {paths}", markup=False, highlight=False)
-    print_rare_paths(result, console)
-    if result.branch_coverage:
-        print_branch_coverage(result.branch_coverage, console)
-    by_kind: dict[str, list[Saved]] = {}
-    for s in result.findings:
-        by_kind.setdefault(s.kind, []).append(s)
-    if not by_kind:
-        console.print("No findings.")
-    for kind, items in sorted(by_kind.items()):
-        console.print(f"[bold red]{kind}[/]: {len(items)}")
-        for s in items:
-            console.print(f"  {s.property}: {s.message}\n    repro: {short_form(s.scenario)}{minimized_note(s)}\n"
-                          f"    saved: {s.path}{saved_note(s)}", markup=False, highlight=False)
-
-
-def print_rare_paths(result: CampaignResult, console: Console) -> None:
-    """Per trace property, each rare path the search steers toward (fuzzcache.rare_paths):
-    examples that reached it, or NEVER."""
-    from fuzzcache.rare_paths import RARE_PATHS
-
-    traced = [t for t in result.totals.values() if draws_traces(t.property) and t.examples]
-    if traced:
-        console.print("[bold]rare paths[/] (steered toward with hypothesis.target; examples that reached each)")
-    for t in traced:
-        counts = ", ".join(f"{name} {t.paths.get(f'rare: {name}', 0) or 'NEVER'}" for name in RARE_PATHS)
-        console.print(f"  {t.property}: {counts}", markup=False, highlight=False)
-
-
-def print_branch_coverage(cov: dict, console: Console) -> None:
-    """Per file of the measured packages: branches reached of all, and how many never."""
-    console.print(f"[bold]engine branch coverage[/] of {', '.join(cov['packages'])}: {cov['reached']} of {cov['branches']} branches ({cov['percent']}%)")
-    table = Table()
-    for col in ("file", "branches", "reached", "%", "never reached"):
-        table.add_column(col, justify="left" if col == "file" else "right")
-    for name, f in cov["files"].items():
-        table.add_row(name, str(f["branches"]), str(f["reached"]), f"{100 * f['reached'] / f['branches']:.0f}" if f["branches"] else "-",
-                      str(len(f["never_reached"])))
-    console.print(table)
-    points = cov["over_time"]
-    if points:
-        shown = points if len(points) <= 8 else [points[round(i * (len(points) - 1) / 7)] for i in range(8)]
-        console.print("  over time: " + "; ".join(f"{p['seconds']:.0f}s {p['examples']} examples {p['branches_reached']} branches" for p in shown),
-                      markup=False, highlight=False)
-
-
-def saved_note(saved: Saved) -> str:
-    """Whether a finding was already in the corpus, and what explains it: a triage, known bugs."""
-    bugs = f", known bug: {' + '.join(saved.known_bugs)}" if saved.known_bugs else ""
-    triaged = f"triaged: {saved.triage}{bugs}" if saved.triage else ""
-    if saved.new:
-        return f" (new, {triaged})" if triaged else " (new, untriaged)"
-    return " (already in corpus" + (f", {triaged}" if triaged else "") + ")"
-
-
-def minimized_note(saved: Saved) -> str:
-    """How the minimizer changed Hypothesis's shrunk repro, and what it cost."""
-    m = saved.minimized
-    if m is None:
-        return ""
-    cost = f"{m.checks} checks, {m.seconds:.1f}s{', capped' if m.capped else ''}{', interrupted' if m.interrupted else ''}"
-    if m.note:
-        return f"\n    minimizer: {m.note} ({cost})"
-    if saved.scenario == saved.shrunk_scenario:
-        return f"\n    minimizer: already minimal ({cost})"
-    return f"\n    minimizer: from {short_form(saved.shrunk_scenario)} ({cost})"
 
 
 def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
+from fuzzcache import report_dirs
 from fuzzcache.corpus import CorpusError, iter_files, load
 from fuzzcache.stopping import stopped_by_signals
 from fuzzcache.targets import UnknownTarget, available_targets, resolve_target
@@ -40,6 +41,18 @@ def target_or_fail(spec: str, dtype: str | None = None, device: str | None = Non
         fail(str(exc))
 
 
+REPORT_DIR_HELP = ("write the report into exactly this folder, replacing what an earlier run left there (for scripts and CI; "
+                   "default: a new folder <root>/{command}-<date>-<time> under the report root)")
+REPORT_ROOT = click.option("--report-root", type=click.Path(path_type=Path, file_okay=False), default=None,
+                           help=f"the folder each run's report folder is made in, with 'latest' pointing at the newest and "
+                                f"runs.html listing them all (default: ${report_dirs.ROOT_VARIABLE}, else {report_dirs.DEFAULT_ROOT})")
+
+
+def report_dir_option(command: str, *names: str):
+    return click.option("--report-dir", *names, "report_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+                        help=REPORT_DIR_HELP.format(command=command))
+
+
 ISOLATE = click.option("--isolate/--in-process", default=None,
                        help="run the target in a worker process, so a native abort is a 'crash' finding (default: "
                             "FUZZCACHE_ISOLATE=1/0, else as the target asks with isolate = True)")
@@ -58,7 +71,8 @@ def main() -> None:
 @click.option("--profile", default="nightly", show_default=True, type=click.Choice(["dev", "ci", "nightly"]), help="Hypothesis settings; the budget bounds the time whatever the profile")
 @click.option("--corpus", "corpus_dir", default="corpus", show_default=True, type=click.Path(path_type=Path))
 @click.option("--database", "database_spec", default=None, help="Hypothesis example database: a folder, or redis://host:port/db shared by every worker on every machine")
-@click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json, junit.xml and the HTML report (index.html) go")
+@report_dir_option("fuzz")
+@REPORT_ROOT
 @click.option("--example-timeout", default=60.0, show_default=True, help="seconds one call into the target may take before it is a 'hang' finding")
 @click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16", "bf16"]), help="model dtype (default: the target's own; tolerances widen for fp16/bf16)")
 @click.option("--device", default=None, help="model device, e.g. cpu or cuda (default: the target's own)")
@@ -66,15 +80,18 @@ def main() -> None:
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="worker processes, properties spread over them (default: the number of cores)")
 @click.option("--coverage", "coverage_packages", default=None, metavar="PKG[,PKG...]",
               help="measure branch coverage (coverage.py) of these packages of the engine during the campaign, e.g. vllm.v1.core")
+@click.option("--verbose", "-v", is_flag=True, help="also print the paths reached, the rare paths, the branch coverage per file and each server config "
+                                                  "(all of it is in the report either way)")
 @ISOLATE
 @stopped_by_signals
-def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, example_timeout, dtype, device, shard, workers,
-         coverage_packages, isolate) -> None:
+def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_spec, report_dir, report_root, example_timeout, dtype, device, shard,
+         workers, coverage_packages, verbose, isolate) -> None:
     """Fuzz a target until the budget is spent. Exit 1 when a new failure that no triage or known
     bug explains was saved (fuzzcache.known_bugs), 2 when a worker failed. SIGTERM stops it as
     Ctrl-C does (fuzzcache.stopping)."""
     from fuzzcache import guard
-    from fuzzcache.campaign import live_display, parse_budget, print_report, run_campaign, write_reports
+    from fuzzcache.campaign import parse_budget, run_campaign, write_reports
+    from fuzzcache.terminal import live_display, print_report
     from fuzzcache.isolation import IsolatedTarget
     from fuzzcache.workers import run_workers
     from fuzzcache.properties import select
@@ -95,7 +112,8 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     if packages and isolate:
         fail("--coverage measures the processes fuzzcache runs the target in: drop --isolate (an isolated target runs in a worker "
              "process of its own), or run it --in-process")
-    coverage_dir = branch_coverage.data_dir_for(report_dir) if packages else None
+    run_dir = report_dirs.RunDir("fuzz", report_dir, report_root)
+    coverage_dir = branch_coverage.data_dir_for(run_dir.path) if packages else None
     measuring = branch_coverage.BranchCoverage(packages, coverage_dir) if packages else None
     if measuring:
         measuring.start()  # before the target is built: its modules' import-time branches count too
@@ -109,7 +127,8 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
         fail(f"no selected property applies to target {target_spec!r} (features: {sorted(target.features)}): {'; '.join(skipped)}")
     console = make_console()
     if skipped:
-        console.print(f"not applicable to {target_spec}: {'; '.join(skipped)}")
+        why = "; ".join(skipped) if verbose else "--verbose says what each needs"
+        console.print(f"not applicable to {target_spec}: {', '.join(p.id for p in props if p not in applicable)} ({why})", markup=False, highlight=False)
     if shard:
         applicable = applicable[index - 1 :: count]
         console.print(f"shard {index}/{count}: {', '.join(p.id for p in applicable) or 'no property (fewer properties than shards)'}")
@@ -117,7 +136,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
             sys.exit(0)
     workers = min(workers or cores(), len(applicable))
     errors: list[str] = []
-    with live_display(console, target_spec, budget_s) as show, closing_target(target):
+    with live_display(console, target_spec, budget_s, len(applicable)) as show, closing_target(target):
         if workers > 1:
             if isinstance(target, IsolatedTarget):
                 target.close()  # each worker builds its own, with a worker process of its own
@@ -130,12 +149,23 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
             result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, show, measuring)
     if packages:
         result.branch_coverage = branch_coverage.report(packages, coverage_dir, result.coverage_snapshots)
-    print_report(result, console)
+    print_report(result, console, verbose)
     for error in errors:
         console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)
-    json_path, junit_path = write_reports(result, report_dir)
-    console.print(f"reports: {json_path} {junit_path} {json_path.parent / 'index.html'}")
+    run_dir.record(campaign_outcome(result, errors))
+    write_reports(result, run_dir.path)
+    run_dir.publish()
+    console.print(f"report: {run_dir.path / 'index.html'} (report.json, junit.xml beside it)", markup=False, highlight=False)
     sys.exit(1 if result.untriaged_findings else 2 if errors else 0)
+
+
+def campaign_outcome(result, errors: list[str]) -> str:
+    """One line for the list of runs: the target, examples, findings."""
+    examples = sum(t.examples for t in result.totals.values())
+    found = f"{len(result.findings)} finding(s), {len(result.untriaged_findings)} untriaged" if result.findings else "no findings"
+    failed = f", {len(errors)} worker(s) failed" if errors else ""
+    return f"{result.target}: {len(result.totals)} properties, {examples} examples in {result.seconds:.0f}s, {found}{failed}" + (
+        " (interrupted)" if result.interrupted else "")
 
 
 @contextmanager
@@ -185,19 +215,22 @@ def corpus_cases(paths, target_spec: str | None, isolate: bool | None = None):
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--target", "target_spec", default=None, help="replay against this target instead of the one each file names")
-@click.option("--report-dir", default="fuzzcache-report", show_default=True, type=click.Path(path_type=Path), help="where report.json and index.html go")
+@report_dir_option("replay")
+@REPORT_ROOT
 @ISOLATE
-def replay(paths, target_spec, isolate, report_dir) -> None:
+def replay(paths, target_spec, isolate, report_dir, report_root) -> None:
     """Re-run corpus files or folders; say per file whether it still fails. Exit 1 if any does.
-    The files that still fail are drawn in REPORT_DIR/index.html (data in report.json)."""
+    The files that still fail are drawn in the run's index.html (data in report.json), in a new
+    folder under the report root (or exactly --report-dir)."""
     from fuzzcache.runner import claimed_on_replay, replay as replay_case, replayed_record
 
     still, bad, known, files = 0, 0, 0, 0
     records = []
+    echo = EchoLog()
     for path, case, target in corpus_cases(paths, target_spec, isolate):
         files += 1
         if case is None:
-            click.echo(f"ERROR  {path}: {target}")
+            echo(f"ERROR  {path}: {target}")
             bad += 1
             continue
         finding = replay_case(case, target)
@@ -206,30 +239,42 @@ def replay(paths, target_spec, isolate, report_dir) -> None:
             records.append(replayed_record(path, case, target, finding, claim.ids if claim else []))
         if claim is not None:
             known += 1
-            click.echo(f"KNOWN  {path}: {finding} (known bug: {' + '.join(claim.ids)}; not triaged in the file)")
+            echo(f"KNOWN  {path}: {finding} (known bug: {' + '.join(claim.ids)}; not triaged in the file)")
         elif case.known and finding is not None:
             known += 1
-            click.echo(f"KNOWN  {path}: {finding} (triaged: {case.triage['classification']})")
+            echo(f"KNOWN  {path}: {finding} (triaged: {case.triage['classification']})")
         elif case.known:
             still += 1
-            click.echo(f"FIXED? {path}: triaged as {case.triage['classification']} but passes now; update the triage")
+            echo(f"FIXED? {path}: triaged as {case.triage['classification']} but passes now; update the triage")
         elif finding is None:
-            click.echo(f"fixed  {path}")
+            echo(f"fixed  {path}")
         else:
             still += 1
-            click.echo(f"FAILS  {path}: {finding}")
-    click.echo(f"{files} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {files - still - bad - known} fixed")
-    write_replay_report(report_dir, records, files)
+            echo(f"FAILS  {path}: {finding}")
+    echo(f"{files} file(s): {still} still failing, {known} known (triaged), {bad} unreadable, {files - still - bad - known} fixed")
+    title = f"fuzzcache replay: {files} file(s), {still} still failing, {known} known, {bad} unreadable"
+    write_run_report(report_dirs.RunDir("replay", report_dir, report_root), title, records, echo)
     sys.exit(1 if still or bad else 0)
 
 
-def write_replay_report(report_dir: Path, records: list[dict], files: int) -> None:
+class EchoLog(list):
+    """``click.echo`` that keeps each line it printed, for the run's report."""
+
+    def __call__(self, line: str) -> None:
+        self.append(line)
+        click.echo(line)
+
+
+def write_run_report(run_dir: "report_dirs.RunDir", title: str, findings: list[dict], log: list[str]) -> None:
+    """A replay's or minimize's report: report.json and index.html (the findings drawn, each file's line)."""
     from fuzzcache.html_report import write_html
 
-    data = {"title": f"fuzzcache replay: {files} file(s), {len(records)} still failing", "findings": records}
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.json").write_text(json.dumps(data, indent=2) + "\n")
-    click.echo(f"report: {write_html(data, report_dir)}")
+    data = {"title": title, "findings": findings, "log": log}
+    run_dir.record(title.removeprefix("fuzzcache "))
+    report_dirs.atomic_write(run_dir.path / "report.json", json.dumps(data, indent=2) + "\n")
+    page = write_html(data, run_dir.path)
+    run_dir.publish()
+    click.echo(f"report: {page}")
 
 
 @main.command()
@@ -259,42 +304,53 @@ def report(report_dir) -> None:
 @click.option("--corpus", "corpus_dir", default=None, type=click.Path(path_type=Path), help="where minimized files go (default: the corpus folder each file is in)")
 @click.option("--max-checks", default=None, type=click.IntRange(min=1), help="property checks per file (default: the minimizer's cap, 400)")
 @click.option("--keep-original", is_flag=True, help="keep the input file beside the minimized one (default: a new minimized file replaces it, holding its scenario as shrunk_scenario)")
+@report_dir_option("minimize")
+@REPORT_ROOT
 @ISOLATE
 @stopped_by_signals
-def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, isolate) -> None:
+def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, report_dir, report_root, isolate) -> None:
     """Minimize corpus files (older versions', a long nightly run's, hand-written ones): each
     still-failing case is reduced by its structure and saved as a new, content-addressed file
     holding the old scenario as shrunk_scenario (and its triage). The input is removed only when
     that new file was written for it, never with --target (the input belongs to another target).
-    Ctrl-C (or SIGTERM) saves the best so far and stops. Exit 1 if a file could not be read."""
+    Ctrl-C (or SIGTERM) saves the best so far and stops. Exit 1 if a file could not be read.
+    Each minimized file is drawn in the run's index.html, in a new folder under the report root."""
     from fuzzcache import corpus
     from fuzzcache.findings import Finding
     from fuzzcache.guard import Unsupported
     from fuzzcache.minimize import MAX_CHECKS
     from fuzzcache.properties import get
-    from fuzzcache.runner import checked, minimize_found, target_options
+    from fuzzcache.runner import checked, minimize_found, replayed_record, target_options
     from fuzzcache.scenario import short_form
 
-    bad = 0
+    bad, files = 0, 0
+    echo, records = EchoLog(), []
+    run_dir = report_dirs.RunDir("minimize", report_dir, report_root)
+
+    def report() -> None:
+        title = f"fuzzcache minimize: {files} file(s), {len(records)} minimized, {bad} unreadable or rejected"
+        write_run_report(run_dir, title, records, echo)
+
     for path, case, target in corpus_cases(paths, target_spec, isolate):
+        files += 1
         if case is None:
-            click.echo(f"ERROR  {path}: {target}")
+            echo(f"ERROR  {path}: {target}")
             bad += 1
             continue
         prop = get(case.property)
         try:
             checked(prop, target, case.scenario)
-            click.echo(f"passes {path}: the target agrees with the oracle now; nothing to minimize")
+            echo(f"passes {path}: the target agrees with the oracle now; nothing to minimize")
             continue
         except Unsupported as exc:
-            click.echo(f"ERROR  {path}: the target rejects this config: {exc}")
+            echo(f"ERROR  {path}: the target rejects this config: {exc}")
             bad += 1
             continue
         except Finding as finding:
             scenario, found, result = minimize_found(prop, target, case.scenario, finding, max_checks or MAX_CHECKS)
         stats = f"{result.checks} checks, {result.seconds:.1f}s{', capped' if result.capped else ''}{', interrupted' if result.interrupted else ''}"
         if scenario == case.scenario:
-            click.echo(f"minimal {path}: {short_form(scenario)} ({result.note or 'no smaller form fails the same way'}; {stats})")
+            echo(f"minimal {path}: {short_form(scenario)} ({result.note or 'no smaller form fails the same way'}; {stats})")
         else:
             spec, options, triage = (target_spec, target_options(target), None) if target_spec else (case.target, case.target_options, case.triage)
             new_path, new = corpus.save(corpus_dir or _corpus_root(path, case), spec, case.property, scenario, found, options,
@@ -302,11 +358,14 @@ def minimize(paths, target_spec, corpus_dir, max_checks, keep_original, isolate)
             if new and not keep_original and not target_spec:
                 path.unlink()  # its scenario lives on in the new file's shrunk_scenario, its triage beside it
             kept = "" if new and not keep_original and not target_spec else "; input kept"
-            click.echo(f"reduced {path}: {short_form(case.scenario)} -> {short_form(scenario)} ({stats})\n"
-                       f"        -> {new_path}{'' if new else ' (already there)'}{kept}")
+            echo(f"reduced {path}: {short_form(case.scenario)} -> {short_form(scenario)} ({stats})\n"
+                 f"        -> {new_path}{'' if new else ' (already there)'}{kept}")
+            records.append(replayed_record(new_path, corpus.load(new_path), target, found, []))
         if result.interrupted:
-            click.echo("interrupted: stopped after this file")
+            echo("interrupted: stopped after this file")
+            report()
             sys.exit(130)
+    report()
     sys.exit(1 if bad else 0)
 
 
@@ -358,13 +417,20 @@ def bench(target_spec, property_patterns, examples, dtype, device, isolate) -> N
 
 
 @main.command()
-@click.option("--targets", "target_list", default=None, help="comma-separated targets to score (default: the whole zoo, mutant:<name> each)")
+@click.option("--targets", "target_list", default=None, help="comma-separated mutants, the targets that must be killed (default: the whole zoo, mutant:<name> each)")
+@click.option("--clean", "clean_list", default="reference", show_default=True,
+              help="comma-separated targets that must stay clean: neither the fixed checks nor the fuzzer may flag them")
 @click.option("--profile", default="ci", show_default=True, type=click.Choice(["dev", "ci", "nightly"]))
-@click.option("--budget", default="60s", show_default=True, help="fuzzing budget per mutant")
-@click.option("--out", "out_dir", default="mutation-report", show_default=True, type=click.Path(path_type=Path), help="where mutants.md and mutants.json go")
-def mutants(target_list, profile, budget, out_dir) -> None:
-    """Mutation score: the seed's fixed checks vs the fuzzer on each mutant, with the correct
-    engine alongside. Exit 1 if a mutant survives the fuzzer or the correct engine is 'killed'."""
+@click.option("--budget", default="60s", show_default=True, help="fuzzing budget per target")
+@report_dir_option("mutants", "--out")
+@REPORT_ROOT
+def mutants(target_list, clean_list, profile, budget, report_dir, report_root) -> None:
+    """Mutation score: the seed's fixed checks vs the fuzzer on each mutant (--targets), with the
+    targets that must stay clean (--clean, the correct engine by default) alongside.
+
+    Exit 0 exactly when the fuzzer killed every mutant and no clean target was flagged (by the fuzzer
+    or by the fixed checks), else 1; 2 for bad arguments. mutants.md, mutants.json and index.html go
+    into a new folder under the report root (or exactly --report-dir)."""
     from rich.table import Table
 
     from fuzzcache.campaign import parse_budget
@@ -375,24 +441,28 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         budget_s = parse_budget(budget)
     except ValueError as exc:
         fail(str(exc))
+    clean = names_of(clean_list)
     if target_list:
-        specs = [t.strip() for t in target_list.split(",") if t.strip()]
-        for spec in specs:
-            target_or_fail(spec)  # a clear error before any work
+        specs = names_of(target_list)
         zoo_entry = lambda spec: ZOO.get(spec.removeprefix("mutant:")) if spec.startswith("mutant:") else None  # noqa: E731
         entries = [(spec, zoo_entry(spec)) for spec in specs]
     else:
         entries = [(f"mutant:{m.name}", m) for m in ZOO.values()]
-    entries = [("reference", None)] + entries
+    if both := sorted(set(clean) & {spec for spec, _ in entries}):
+        fail(f"{', '.join(both)}: named both as a mutant to kill (--targets) and as a target that must stay clean (--clean)")
+    if not entries:
+        fail("--targets names no target")
+    for spec in clean + [spec for spec, m in entries if m is None]:
+        target_or_fail(spec)  # a clear error before any work (the zoo's mutants resolve)
     console = make_console()
     table = Table(title=f"fuzzcache mutants --profile {profile} --budget {budget}")
     for col in ("mutant", "fixed checks", "fuzzer", "property", "s to kill", "examples", "repro (minimized)", "tokens", "= trigger"):
         table.add_column(col)
     scores = []
     started = time.monotonic()
-    for spec, m in entries:
-        bug = "(the correct engine: must survive)" if spec == "reference" else ""
-        score = score_target(spec, lambda spec=spec: resolve_target(spec), Settings.get_profile(profile), budget_s, m, bug)
+    for spec, m in [(spec, None) for spec in clean] + entries:
+        bug = "(must stay clean)" if spec in clean else ""
+        score = score_target(spec, lambda spec=spec: resolve_target(spec), Settings.get_profile(profile), budget_s, m, bug, clean=spec in clean)
         scores.append(score)
         equal = {True: "yes", False: "no", None: "-"}[score.equals_documented]
         table.add_row(spec, score.fixed_checks, fuzzer_verdict(score), score.killed_by or "-",
@@ -403,7 +473,7 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         console.print(f"{spec}: {'killed by ' + score.killed_by if score.fuzz_killed else 'survived'} ({score.seconds_total:.0f}s{known})", markup=False, highlight=False)
     total = time.monotonic() - started
     console.print(table)
-    zoo = [s for s in scores if s.target != "reference"]
+    zoo = [s for s in scores if not s.clean]
     kills = [s.seconds_to_kill for s in zoo if s.fuzz_killed]
     kills.sort()
     summary = {
@@ -413,7 +483,7 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         "at_or_below_documented_tokens": sum(s.repro_tokens is not None and s.documented_tokens is not None and s.repro_tokens <= s.documented_tokens for s in zoo),
         **minimizer_costs(zoo),
         "median_seconds_to_kill": kills[len(kills) // 2] if kills else None, "worst_seconds_to_kill": kills[-1] if kills else None,
-        "reference_survived": all(not s.fuzz_killed and not s.fixed_killed for s in scores if s.target == "reference"),
+        "clean": clean, "clean_flagged": [s.target for s in scores if s.clean and s.flagged],
     }
     console.print(
         f"fixed checks killed {summary['fixed_checks_killed']}/{len(zoo)}; fuzzer killed {len(kills)}/{len(zoo)}; "
@@ -421,10 +491,21 @@ def mutants(target_list, profile, budget, out_dir) -> None:
         f"{summary['at_or_below_documented_tokens']}/{len(zoo)}; minimizer checks median {summary['minimizer_checks_median']} worst "
         f"{summary['minimizer_checks_worst']}, seconds median {summary['minimizer_seconds_median']} worst {summary['minimizer_seconds_worst']}; "
         f"seconds to kill median {summary['median_seconds_to_kill']} worst {summary['worst_seconds_to_kill']}; "
-        f"correct engine {'survived' if summary['reference_survived'] else 'FLAGGED'}; total {total:.0f}s", markup=False, highlight=False)
-    md, js = write_outputs(scores, out_dir, summary)
-    console.print(f"written: {md} {js}")
-    sys.exit(0 if len(kills) == len(zoo) and summary["reference_survived"] else 1)
+        f"clean targets: {'FLAGGED ' + ', '.join(summary['clean_flagged']) if summary['clean_flagged'] else 'all stayed clean'}; "
+        f"total {total:.0f}s", markup=False, highlight=False)
+    run_dir = report_dirs.RunDir("mutants", report_dir, report_root)
+    survivors = [s.target for s in zoo if not s.fuzz_killed]
+    run_dir.record(f"{len(kills)}/{len(zoo)} mutants killed" + (f" (survived: {', '.join(survivors)})" if survivors else "")
+                   + (f"; clean targets FLAGGED: {', '.join(summary['clean_flagged'])}" if summary["clean_flagged"] else "; clean targets clean"))
+    md, js = write_outputs(scores, run_dir.path, summary)
+    run_dir.publish()
+    console.print(f"written: {md} {js} {run_dir.path / 'index.html'}", markup=False, highlight=False)
+    sys.exit(0 if not survivors and not summary["clean_flagged"] else 1)
+
+
+def names_of(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c'], each once, in order."""
+    return list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
 
 
 @main.group("corpus")

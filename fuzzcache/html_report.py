@@ -19,6 +19,7 @@ from plotly.offline import get_plotlyjs
 
 from fuzzcache.properties import draws_traces
 from fuzzcache.rare_paths import RARE_PATHS
+from fuzzcache.report_dirs import root_of, runs_table
 from fuzzcache.timeline import KINDS
 
 WORK = {"prefill": "#4c78a8", "decode": "#54a24b", "verify": "#b279a2", "queued": "#d8d8d8"}
@@ -43,6 +44,8 @@ def write_html(data: dict, out_dir: Path) -> Path:
     ids = itertools.count()
     title = data.get("title") or ("fuzzcache mutants" if "mutants" in data else f"fuzzcache: {data.get('target', '')}")
     parts = [f"<h1>{esc(title)}</h1>", summary(data)]
+    if data.get("log"):  # a replay's or minimize's line per file
+        parts.append("<h2>Files</h2><pre>" + esc("\n".join(data["log"])) + "</pre>")
     if data.get("mutants"):
         parts.append(mutants_table(data["mutants"]))
     if data.get("properties"):
@@ -52,6 +55,9 @@ def write_html(data: dict, out_dir: Path) -> Path:
     findings = all_findings(data)
     parts.append(f"<h2>Findings ({len(findings)})</h2>" + ("" if findings else "<p>None.</p>"))
     parts += [finding_section(i, f, ids) for i, f in enumerate(findings, 1)]
+    root = root_of(out_dir)
+    if root is not None:  # a run's folder under a report root: the runs beside it, linked
+        parts.append(f"<h2>Runs in {esc(root)}</h2>" + runs_table(root, out_dir.name, "../{}/index.html"))
     page = (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>fuzzcache report</title><style>{STYLE}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,8 +91,8 @@ def all_findings(data: dict) -> list[dict]:
 
 def summary(data: dict) -> str:
     keys = ("target", "seconds", "interrupted", "profile", "budget_s", "total_seconds", "fuzzer_killed", "mutants",
-            "median_seconds_to_kill", "worst_seconds_to_kill", "reference_survived")
-    rows = [[esc(k), esc(data[k])] for k in keys if k in data and not isinstance(data[k], list)]
+            "median_seconds_to_kill", "worst_seconds_to_kill", "reference_survived", "clean", "clean_flagged")
+    rows = [[esc(k), esc(", ".join(map(str, data[k])) if isinstance(data[k], list) else data[k])] for k in keys if k in data]
     return table(["", ""], rows) if rows else ""
 
 
@@ -140,9 +146,9 @@ def mutants_table(mutants: list[dict]) -> str:
 
 
 def verdict(m: dict) -> str:
-    """A mutant killed is good, a mutant surviving is not; the correct engine the other way round."""
-    if m["target"] == "reference":
-        return "<span class='never'>FLAGGED</span>" if m.get("fuzz_killed") else "survived (the correct engine)"
+    """A mutant killed is good, a mutant surviving is not; a clean target (the correct engine) the other way round."""
+    if m.get("clean", m["target"] == "reference"):  # mutants.json before --clean: the correct engine was "reference"
+        return "<span class='never'>FLAGGED</span>" if m.get("fuzz_killed") or m.get("fixed_killed") else "stayed clean (must)"
     return "killed" if m.get("fuzz_killed") else "<span class='never'>survived</span>"
 
 

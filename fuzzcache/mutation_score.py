@@ -43,10 +43,16 @@ class MutantScore:
     seconds_total: float = 0.0
     known_bugs: list[str] = field(default_factory=list)  # the target's known bugs the fuzzer found (``fuzzcache.known_bugs``): no kill
     finding: dict | None = None  # the killing finding as report.json records it (``Saved.record``), drawn in index.html
+    clean: bool = False  # a target that must stay clean (``mutants --clean``), not a mutant to kill
 
     @property
     def fixed_killed(self) -> bool:
         return self.fixed_checks.startswith("killed")
+
+    @property
+    def flagged(self) -> bool:
+        """The fixed checks or the fuzzer found something: a kill for a mutant, a failure for a clean target."""
+        return self.fuzz_killed or self.fixed_killed
 
 
 def property_order() -> list[Property]:
@@ -85,12 +91,13 @@ def _examples_pass(prop: Property, target) -> bool:
     return True
 
 
-def score_target(spec: str, make: Callable[[], object], base: Settings, budget_s: float, mutant: Mutant | None = None, bug: str = "") -> MutantScore:
+def score_target(spec: str, make: Callable[[], object], base: Settings, budget_s: float, mutant: Mutant | None = None, bug: str = "",
+                 clean: bool = False) -> MutantScore:
     """Seed checks, then properties in ``property_order`` until the first kill or the budget.
     A zoo ``mutant``'s repro is held to its documented minimal triggers for the finding's kind."""
     start = time.monotonic()
     target = make()
-    result = MutantScore(spec, mutant.bug if mutant else bug, fixed_checks(target))
+    result = MutantScore(spec, mutant.bug if mutant else bug, fixed_checks(target), clean=clean)
     spent_examples, spent_seconds = 0, 0.0
     for prop in property_order():
         if not prop.applies_to(target) or time.monotonic() - start > budget_s:
@@ -183,7 +190,7 @@ def write_outputs(scores: list[MutantScore], out_dir: Path, header: dict) -> tup
     out_dir.mkdir(parents=True, exist_ok=True)
     md, js = out_dir / "mutants.md", out_dir / "mutants.json"
     md.write_text(markdown_table(scores))
-    data = {**header, "mutants": [asdict(s) | {"fixed_killed": s.fixed_killed} for s in scores]}
+    data = {**header, "mutants": [asdict(s) | {"fixed_killed": s.fixed_killed, "flagged": s.flagged} for s in scores]}
     js.write_text(json.dumps(data, indent=2) + "\n")
     write_html(data, out_dir)
     return md, js

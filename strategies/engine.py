@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 
 from fuzzcache.contract import DRAFTS, EngineConfig, Request, min_pool_blocks
 from fuzzcache.scenario import TraceScenario
-from strategies.lengths import max_new_tokens, prompt_lengths, target_block_sizes
-from strategies.lifecycle import Greedy, oracle_greedy, with_lifecycles
-from strategies.swarm import SWARM_FEATURES, available, swarms
+from fuzzcache.strategies.lengths import max_new_tokens, prompt_lengths, target_block_sizes
+from fuzzcache.strategies.lifecycle import Greedy, oracle_greedy, with_lifecycles
+from fuzzcache.strategies.swarm import SWARM_FEATURES, available, swarms
 
 MAX_REQUESTS = 4
 MAX_NEW = 8

@@ -12,7 +12,7 @@ from typing import Callable
 from hypothesis import strategies as st
 
 from fuzzcache.contract import Request
-from strategies.swarm import full_strength
+from fuzzcache.strategies.swarm import full_strength
 
 Greedy = Callable[[tuple[int, ...], int], list[int]]  # (prompt, n) -> the oracle's n greedy tokens
 MAX_FORKS = 3

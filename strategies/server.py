@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from fuzzcache.contract import Request
 from fuzzcache.scenario import TraceScenario
-from strategies.engine import prompts
-from strategies.lifecycle import MAX_FORKS, stop_tokens
+from fuzzcache.strategies.engine import prompts
+from fuzzcache.strategies.lifecycle import MAX_FORKS, stop_tokens
 
 MAX_REQUESTS = 8
 MAX_NEW = 48  # long enough for requests to overlap and fill a small pool (preemption)

@@ -16,7 +16,7 @@ EXPORTS = CORPUS / "export"
 COMMITTED = sorted(p.parent for p in EXPORTS.glob("*/repro.py"))
 SOURCE = re.compile(r"property\s+(\S+)\s+on\s+(\S+),\s+kind\s+\w+,\s+case\s+([0-9a-f]{12})")
 # fuzzcache and the test helpers made unimportable, then the script run as __main__
-STANDALONE = "import runpy, sys\nfor name in ('fuzzcache', 'strategies', 'bounded', 'exported'):\n    sys.modules[name] = None\n"
+STANDALONE = "import runpy, sys\nfor name in ('fuzzcache', 'bounded', 'exported'):\n    sys.modules[name] = None\n"
 
 
 def engine_of(folder: Path) -> str:

@@ -23,6 +23,7 @@ def fuzz(tmp_path, *args, target: str = "reference") -> tuple[subprocess.Complet
     return proc, json.loads(path.read_text()) if path.exists() else None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_campaign_reports_the_engines_branches(tmp_path, workers):
     proc, report = fuzz(tmp_path, "--budget", "8s", "--workers", workers, "--property", "engine.same.pool", "--coverage", "fuzzcache.engine")
@@ -38,6 +39,7 @@ def test_a_campaign_reports_the_engines_branches(tmp_path, workers):
     assert "engine branch coverage of fuzzcache.engine" in proc.stdout and "scheduler.py" in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_fuzzer_reaches_the_preemption_branch_only_with_a_bounded_pool(tmp_path):
     """What coverage reports follows what ran: the preemption branch of the scheduler is reached
     by the small-pool property and never by the kv-level one."""
@@ -58,6 +60,7 @@ def test_an_isolated_target_is_refused(tmp_path):
     assert proc.returncode == 2 and "--in-process" in proc.stderr
 
 
+@pytest.mark.engine
 def test_transformers_continuous_batching_is_measured(tmp_path):
     pytest.importorskip("transformers")
     proc, report = fuzz(tmp_path, "--budget", "15s", "--workers", "1", "--property", "engine.trace",

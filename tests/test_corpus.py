@@ -426,8 +426,9 @@ def fuzz_args(tmp_path: Path, target: str, budget: str) -> list:
             "--corpus", tmp_path / "corpus", "--report-dir", tmp_path / "report", "--database", tmp_path / "db"]
 
 
+@pytest.mark.slow
 def test_fuzz_finds_saves_and_reports_a_planted_bug(tmp_path, planted, cli):
-    result = cli(*fuzz_args(tmp_path, planted, "20s"))
+    result = cli(*fuzz_args(tmp_path, planted, "20s"), "--verbose")
     assert result.exit_code == 1, result.output
     (saved,) = files_under(tmp_path / "corpus")
     assert saved.parent == tmp_path / "corpus" / planted / "engine.trace"
@@ -444,6 +445,7 @@ def test_fuzz_finds_saves_and_reports_a_planted_bug(tmp_path, planted, cli):
     assert finding["minimized"]["capped"] is False and finding["repro"] == case.scenario.short().strip()
     assert case.shrunk_scenario is not None and finding["shrunk"] == case.shrunk_scenario.short().strip()
     assert f"minimizer: already minimal ({finding['minimized']['checks']} checks" in result.output  # one request, 1 + 1 tokens
+    assert "paths reached" in result.output and "rare paths" in result.output  # --verbose: the detail too
 
     suite = ET.parse(tmp_path / "report" / "junit.xml").getroot()
     assert suite.get("failures") == "1"
@@ -465,3 +467,53 @@ def test_fuzz_the_reference_engine_finds_nothing(tmp_path, cli):
     assert trace["examples"] > 0 and trace["findings"] == [] and trace["errors"] == []
     suite = ET.parse(tmp_path / "report" / "junit.xml").getroot()
     assert suite.get("failures") == "0" and not list(suite.iter("failure"))
+
+
+# --- a run's report folder and what the terminal shows ----------------------------------------
+
+
+def test_fuzz_then_replay_leave_two_reports_under_the_root_and_the_screen_is_short(tmp_path, planted, cli):
+    root = tmp_path / "reports"
+    campaign = cli("fuzz", "--target", "reference", "--budget", "6s", "--workers", "1", "--corpus", tmp_path / "corpus", "--report-root", root)
+    assert campaign.exit_code == 0, campaign.output
+    lines = campaign.output.splitlines()
+    assert len(lines) <= 40, campaign.output  # one table, the findings, the report's path
+    assert "paths reached" not in campaign.output and "rare paths" not in campaign.output  # those are --verbose's
+    (fuzz_dir,) = [p for p in root.iterdir() if p.name.startswith("fuzz-")]
+    assert lines[-1].startswith(f"report: {fuzz_dir / 'index.html'}")
+    assert {"report.json", "junit.xml", "index.html", "run.json"} <= {p.name for p in fuzz_dir.iterdir()}
+    campaign_report = (fuzz_dir / "report.json").read_text()
+
+    path, _ = save(tmp_path / "c", target=planted)
+    replayed = cli("replay", path, "--report-root", root)
+    assert replayed.exit_code == 1, replayed.output
+    (replay_dir,) = [p for p in root.iterdir() if p.name.startswith("replay-")]
+    assert (fuzz_dir / "report.json").read_text() == campaign_report  # the campaign's report is still there, unchanged
+    assert (root / "latest").resolve() == replay_dir.resolve()
+    assert json.loads((replay_dir / "report.json").read_text())["title"].startswith("fuzzcache replay: 1 file(s), 1 still failing")
+    page = (replay_dir / "index.html").read_text()
+    assert f"../{fuzz_dir.name}/index.html" in page and f"{replay_dir.name}</a> (this run)" in page  # the earlier run, linked
+    runs = (root / "runs.html").read_text()
+    assert fuzz_dir.name in runs and replay_dir.name in runs
+
+    again = cli("replay", path, "--report-root", root)  # within the same second: a folder of its own still
+    assert again.exit_code == 1
+    assert len([p for p in root.iterdir() if p.name.startswith("replay-")]) == 2
+
+
+def test_report_dir_is_an_exact_folder_and_touches_no_root(tmp_path, planted, cli, monkeypatch):
+    monkeypatch.setenv("FUZZCACHE_REPORT_ROOT", str(tmp_path / "root"))
+    path, _ = save(tmp_path / "c", target=planted)
+    result = cli("replay", path, "--report-dir", tmp_path / "exact")
+    assert result.exit_code == 1
+    assert (tmp_path / "exact" / "report.json").exists() and (tmp_path / "exact" / "index.html").exists()
+    assert not (tmp_path / "root").exists()
+
+
+def test_minimize_writes_a_report_of_its_own(tmp_path, planted, cli):
+    path, _ = save(tmp_path / "c", target=planted)
+    result = cli("minimize", path, "--report-root", tmp_path / "reports")
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in (tmp_path / "reports").iterdir() if p.name.startswith("minimize-")]
+    data = json.loads((run / "report.json").read_text())
+    assert data["title"].startswith("fuzzcache minimize: 1 file(s)") and data["log"] and (run / "index.html").exists()

@@ -81,6 +81,7 @@ def fuzz_process(tmp_path: Path, name: str, database: str, budget: str) -> dict:
     return json.loads((tmp_path / name / "report" / "report.json").read_text())["properties"]["engine.trace"]
 
 
+@pytest.mark.slow
 def test_a_failure_one_process_finds_is_replayed_from_redis_by_another(tmp_path, redis_url):
     (tmp_path / "rare_token_target.py").write_text(PLANTED)
     first = fuzz_process(tmp_path, "a", redis_url, "8s")

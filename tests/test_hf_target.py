@@ -27,6 +27,8 @@ from bounded import assert_only_triaged_findings
 
 import transformers  # noqa: F401,E402  (the hf extra is part of the test set-up, never skipped: pip install -e '.[test]')
 
+pytestmark = pytest.mark.engine
+
 ARCHS = ("llama", "mistral", "qwen2", "phi")
 BOUNDED = settings(max_examples=20, deadline=None, database=None, derandomize=True)
 FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)
@@ -93,7 +95,7 @@ def test_speculative_configs_come_alone():
     """exclusive_features: the strategy never pairs drafts with what assisted generation ignores."""
     from hypothesis import given
 
-    from strategies.engine import target_trace_scenarios
+    from fuzzcache.strategies.engine import target_trace_scenarios
 
     target, seen = resolve_target("hf:llama"), set()
 

@@ -73,6 +73,7 @@ def assert_pictures(finding: dict, work: set[str]) -> None:
     assert any("first divergence" in d["traces"] for d in plots), finding
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("browser")
 def test_a_zoo_campaigns_report_draws_each_findings_timeline_and_divergence(tmp_path):
     report = fuzz(tmp_path, "mutant:preempt_keeps_stale_block_table", "engine.same.pool", "25s")
@@ -91,6 +92,7 @@ def test_a_zoo_campaigns_report_draws_each_findings_timeline_and_divergence(tmp_
         assert any("preempted" in t["traces"] for t in drawn["timelines"])  # the path the mutant breaks
 
 
+@pytest.mark.engine
 @pytest.mark.xdist_group("browser")
 def test_a_real_engines_campaign_report_draws_its_finding_with_the_triage(tmp_path):
     """llama.cpp's own KV-memory ops (llamacpp:llama, surgery.memory): its known, triaged bugs

@@ -13,15 +13,15 @@ import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("fuzzcache", "strategies")
+PACKAGES = {"fuzzcache": "fuzzcache", "strategies": "fuzzcache.strategies"}  # folder -> its package (pyproject's package-dir)
 
 
 def module_files() -> dict[str, Path]:
     """Module name -> its file, for every module of PACKAGES (a package is its __init__.py)."""
     modules = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            parts = path.relative_to(ROOT).with_suffix("").parts
+    for folder, package in PACKAGES.items():
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            parts = (package, *path.relative_to(ROOT / folder).with_suffix("").parts)
             modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return modules
 
@@ -72,7 +72,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_graph_is_read_from_every_module():
     graph = import_graph()
-    assert {"fuzzcache", "fuzzcache.targets", "fuzzcache.isolation", "strategies.engine"} <= graph.keys()
+    assert {"fuzzcache", "fuzzcache.targets", "fuzzcache.isolation", "fuzzcache.strategies.engine"} <= graph.keys()
     assert "fuzzcache.guard" in graph["fuzzcache.isolation"]  # `from fuzzcache import guard`: the submodule
     assert "fuzzcache.threads" in graph["fuzzcache.isolation"]  # imported inside a function
 

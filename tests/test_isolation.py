@@ -47,6 +47,7 @@ def aborts():
     target.close()
 
 
+@pytest.mark.slow
 def test_an_abort_is_a_crash_with_its_signal_shrunk_to_its_trigger_and_the_campaign_goes_on(tmp_path, aborts):
     assert isinstance(aborts, IsolatedTarget)
     other = get("kv.recompute")
@@ -108,6 +109,7 @@ def test_a_stuck_target_is_a_hang_and_its_worker_is_killed_in_any_thread(monkeyp
     target.close()
 
 
+@pytest.mark.slow
 def test_a_hang_in_a_fuzz_run_outside_the_main_thread_is_found(tmp_path, monkeypatch):
     """SIGALRM only works in the main thread; a worker process is timed by the pipe."""
     monkeypatch.setattr(guard, "TIME_LIMIT_S", 0.3)  # some 30x the slowest legitimate generate here, under load
@@ -137,6 +139,7 @@ def test_a_saved_abort_replays_through_a_worker_process(tmp_path):
     assert runner.replay(corpus.load(fixed)) is None
 
 
+@pytest.mark.slow
 def test_pytest_collects_an_aborting_corpus_file_and_survives_it(pytester, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
     crash = Finding("crash", "saved", {"signal": "SIGABRT"})

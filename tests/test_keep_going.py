@@ -4,6 +4,7 @@ minimized to its own trigger; a corpus file (triaged or not) no longer ends its 
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 
 from fuzzcache import corpus
@@ -41,6 +42,7 @@ def campaign(tmp_path, budget_s: float = 12.0):
     return run_campaign(TwoBugsOneProperty(), "two-bugs", [TRACE], budget_s, base, tmp_path / "corpus", None)
 
 
+@pytest.mark.slow
 def test_one_keep_going_run_saves_both_bugs_each_at_its_own_trigger(tmp_path):
     result = campaign(tmp_path)
     found = {s.kind: s for s in result.totals[TRACE.id].found}
@@ -53,6 +55,7 @@ def test_one_keep_going_run_saves_both_bugs_each_at_its_own_trigger(tmp_path):
     assert any(path.startswith("known failure passed over: ") for path in result.totals[TRACE.id].paths)
 
 
+@pytest.mark.slow
 def test_a_failure_already_in_the_corpus_no_longer_ends_its_property(tmp_path):
     first = campaign(tmp_path, budget_s=6.0)
     saved = {s.kind for s in first.totals[TRACE.id].found}

@@ -18,7 +18,7 @@ from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties.engine_level import check_trace
 from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets.reference import ReferenceTarget
-from strategies.engine import target_trace_scenarios
+from fuzzcache.strategies.engine import target_trace_scenarios
 
 TARGET = ReferenceTarget()
 

@@ -32,7 +32,7 @@ from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import UnknownTarget, resolve_target
 from fuzzcache.targets.serve.llama_target import SERVER_CONFIGS, ManagedLlamaServer
 
-pytestmark = pytest.mark.xdist_group("llama-server")
+pytestmark = [pytest.mark.xdist_group("llama-server"), pytest.mark.engine]
 TRACE = settings(max_examples=12, deadline=None, database=None, derandomize=True)
 A, B, C = tuple(range(3, 30)), tuple(range(30, 50)), tuple(range(40, 60))
 

@@ -27,13 +27,13 @@ from fuzzcache.runner import replay, run_property
 from fuzzcache.surgery.memory_model_bugs import BUGS
 from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario
 from fuzzcache.targets import UnknownTarget, resolve_target
-from strategies.memory import memory_scenarios
+from fuzzcache.strategies.memory import memory_scenarios
 
 import planted
 from bounded import CORPUS, assert_only_triaged_findings
 
 pytest.importorskip("llama_cpp", reason="llamacpp:<arch> targets need the llamacpp extra (README: the test command installs it)")
-pytestmark = pytest.mark.llamacpp
+pytestmark = [pytest.mark.llamacpp, pytest.mark.engine]
 
 BOUNDED = settings(max_examples=40, deadline=None, database=None, derandomize=True)
 FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)

@@ -24,7 +24,7 @@ from fuzzcache.reductions import fewer_items, smaller_ints, smaller_tokens
 from fuzzcache.scenario import TraceScenario, to_jsonable
 from fuzzcache.targets import resolve_target
 from fuzzcache.targets.reference import ReferenceTarget
-from strategies.engine import min_pool_blocks, target_trace_scenarios
+from fuzzcache.strategies.engine import min_pool_blocks, target_trace_scenarios
 
 TRACE = get("engine.trace")
 

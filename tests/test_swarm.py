@@ -4,13 +4,14 @@ off; a target's undeclared features are never drawn."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, find, given, settings
 
 from fuzzcache.contract import LIFECYCLE
 from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets.reference import ReferenceTarget
-from strategies.engine import trace_scenarios
-from strategies.swarm import SWARM_FEATURES, available
+from fuzzcache.strategies.engine import trace_scenarios
+from fuzzcache.strategies.swarm import SWARM_FEATURES, available
 
 TARGET = ReferenceTarget()
 
@@ -65,6 +66,7 @@ def test_examples_are_plain_or_combine_rare_features():
         assert sum(feature in config_features(s) for s in seen) >= 40, feature
 
 
+@pytest.mark.slow
 def test_every_feature_shrinks_to_off():
     """The minimal trace with a feature on has every other feature off."""
     with_cache = find(target_trace_scenarios(TARGET), lambda s: s.config.prefix_cache, settings=FIND)

@@ -32,7 +32,7 @@ from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import UnknownTarget, resolve_target
 
 pytest.importorskip("vllm", reason="vllm-server:<arch> starts vLLM's server from .venv-vllm (README: the test command's second part)")
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
 SERVER_PAGE = Path(__file__).resolve().parent.parent / "docs" / "targets" / "vllm-server.md"
 SHARED = tuple(i % 50 + 1 for i in range(64))  # two whole blocks of 32

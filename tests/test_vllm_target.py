@@ -32,7 +32,7 @@ from bounded import CORPUS, assert_only_triaged_findings
 from exported import COMMITTED, engine_of, reported, run_standalone, source_of
 
 pytest.importorskip("vllm", reason="vllm:<arch> targets run in .venv-vllm (README: the test command's second part)")
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.engine]
 
 BOUNDED = settings(max_examples=25, deadline=None, database=None, derandomize=True)
 # the planted bug needs two requests of 2+ blocks sharing a later block after different first ones:

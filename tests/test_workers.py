@@ -76,6 +76,7 @@ def test_two_workers_share_the_properties_and_report_as_one(tmp_path):
     assert "No findings." in output
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_keeps_what_they_found(tmp_path):
     proc = start_fuzz(tmp_path, "--target", "last_token_target:LastTokenWrong", "--workers", "2", "--budget", "10m",
                       "--property", "engine.trace", "--property", "prefix.hit")

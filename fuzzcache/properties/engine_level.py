@@ -22,8 +22,8 @@ from fuzzcache.guard import Unsupported, call_target
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.rare_paths import steer
 from fuzzcache.scenario import TraceScenario
-from strategies.engine import target_trace_scenarios
-from strategies.server import server_trace_scenarios
+from fuzzcache.strategies.engine import target_trace_scenarios
+from fuzzcache.strategies.server import server_trace_scenarios
 
 from hypothesis import reject
 from hypothesis.control import currently_in_test_context

@@ -8,7 +8,7 @@ from __future__ import annotations
 from fuzzcache.properties.engine_level import assert_same_outputs, run_generate
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.scenario import TraceScenario
-from strategies.engine import target_trace_scenarios
+from fuzzcache.strategies.engine import target_trace_scenarios
 
 
 def check_paths(path_a: str, path_b: str):

@@ -12,7 +12,7 @@ from fuzzcache.engine.ops import DEFAULT_OPS, EngineOps
 from fuzzcache.findings import mismatch
 from fuzzcache.model import ModelConfig, TinyGPT
 from fuzzcache.oracle import full_logits
-from strategies.lengths import power_of_two_lengths
+from fuzzcache.strategies.lengths import power_of_two_lengths
 
 SEED_MODEL = ModelConfig()
 

@@ -20,8 +20,8 @@ from fuzzcache.engine.paged import BlockPool, blocks_needed
 from fuzzcache.model import ModelConfig
 from fuzzcache.properties.op_support import SEED_MODEL, assert_logits_close, model_for, oracle_logits, ops_of, tokens_of
 from fuzzcache.properties.registry import Property, register
-from strategies.lengths import block_sizes, prompt_lengths
-from strategies.model import kv_tensors, model_configs
+from fuzzcache.strategies.lengths import block_sizes, prompt_lengths
+from fuzzcache.strategies.model import kv_tensors, model_configs
 
 VOCAB = SEED_MODEL.vocab_size
 

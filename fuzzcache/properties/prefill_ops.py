@@ -19,7 +19,7 @@ from fuzzcache.model import ModelConfig
 from fuzzcache.properties.op_support import SEED_MODEL, assert_caches_close, assert_logits_close, model_for, ops_of, token_lists, tokens_of
 from fuzzcache.reductions import field_reductions
 from fuzzcache.properties.registry import Property, register
-from strategies.model import model_configs
+from fuzzcache.strategies.model import model_configs
 
 VOCAB = SEED_MODEL.vocab_size
 

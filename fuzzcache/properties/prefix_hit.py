@@ -17,8 +17,8 @@ from fuzzcache.properties.op_support import tokens_of
 from fuzzcache.reductions import rows_reductions
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.scenario import TraceScenario
-from strategies.engine import Traits, traits_of
-from strategies.lengths import target_block_sizes
+from fuzzcache.strategies.engine import Traits, traits_of
+from fuzzcache.strategies.lengths import target_block_sizes
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from fuzzcache.model import ModelConfig
 from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties.op_support import SEED_MODEL, model_for, oracle_logits, ops_of, tokens_of
 from fuzzcache.properties.registry import Property, register
-from strategies.lengths import accept_counts
-from strategies.model import model_configs
+from fuzzcache.strategies.lengths import accept_counts
+from fuzzcache.strategies.model import model_configs
 
 VOCAB = SEED_MODEL.vocab_size
 

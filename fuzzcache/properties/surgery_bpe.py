@@ -17,7 +17,7 @@ from fuzzcache.findings import mismatch
 from fuzzcache.reductions import field_reductions
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.properties.surgery_support import surgery_of
-from strategies.surgery import texts
+from fuzzcache.strategies.surgery import texts
 
 
 @dataclass(frozen=True)

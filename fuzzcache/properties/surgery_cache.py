@@ -26,7 +26,7 @@ from fuzzcache.properties.registry import Property, register
 from fuzzcache.properties.surgery_support import (CACHE_REL_TOL, NLL_TOL, assert_rel_close, by_design, reaches_limit, relative_error,
                                                   surgery_of, tokens_of, unless_refused)
 from fuzzcache.surgery.models import SurgeryModel
-from strategies.surgery import archs_of, surgery_models, token_seqs
+from fuzzcache.strategies.surgery import archs_of, surgery_models, token_seqs
 
 BOS_ID = 1
 

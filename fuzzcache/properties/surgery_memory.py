@@ -18,7 +18,7 @@ from fuzzcache.findings import contract, mismatch
 from fuzzcache.guard import call_target
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario, Observation, run_script
-from strategies.memory import memory_scenarios
+from fuzzcache.strategies.memory import memory_scenarios
 
 MOVES = ("add", "div", "context_shift")  # ops that move cached keys to new positions
 SHARED_MOVE = "a move of entries another sequence shares through seq_cp"

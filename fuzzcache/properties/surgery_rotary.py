@@ -18,7 +18,7 @@ from fuzzcache.findings import mismatch
 from fuzzcache.properties.registry import Property, register
 from fuzzcache.properties.surgery_support import CACHE_REL_TOL, SHIFT_REL_TOL, TORCH_DTYPES, assert_rel_close, seeded, surgery_of, unless_refused
 from fuzzcache.surgery.models import ROPE_TYPES, SurgeryModel
-from strategies.surgery import MAX_POSITION, archs_of, position_and_shift, surgery_models
+from fuzzcache.strategies.surgery import MAX_POSITION, archs_of, position_and_shift, surgery_models
 
 
 @dataclass(frozen=True)

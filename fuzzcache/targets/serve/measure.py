@@ -15,7 +15,7 @@ import time
 
 from hypothesis import HealthCheck, given, settings
 
-from strategies.server import server_trace_scenarios
+from fuzzcache.strategies.server import server_trace_scenarios
 
 
 def measure(target, traces: int) -> dict:
