@@ -23,10 +23,9 @@ def fuzz(tmp_path, *args, target: str = "reference") -> tuple[subprocess.Complet
     return proc, json.loads(path.read_text()) if path.exists() else None
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_campaign_reports_the_engines_branches(tmp_path, workers):
-    proc, report = fuzz(tmp_path, "--budget", "8s", "--workers", workers, "--property", "engine.same.pool", "--coverage", "fuzzcache.engine")
+@pytest.mark.parametrize("workers, budget", [("1", "4s"), pytest.param("2", "8s", marks=pytest.mark.slow)])
+def test_a_campaign_reports_the_engines_branches(tmp_path, workers, budget):
+    proc, report = fuzz(tmp_path, "--budget", budget, "--workers", workers, "--property", "engine.same.pool", "--coverage", "fuzzcache.engine", "--verbose")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cov = report["branch_coverage"]
     scheduler = cov["files"]["fuzzcache/engine/scheduler.py"]
@@ -36,7 +35,7 @@ def test_a_campaign_reports_the_engines_branches(tmp_path, workers):
     points = cov["over_time"]
     assert points and points[-1]["branches_reached"] <= cov["reached"] and points[-1]["examples"] > 0
     assert [p["branches_reached"] for p in points] == sorted(p["branches_reached"] for p in points)
-    assert "engine branch coverage of fuzzcache.engine" in proc.stdout and "scheduler.py" in proc.stdout
+    assert "engine branch coverage of fuzzcache.engine" in proc.stdout and "scheduler.py" in proc.stdout  # per file: --verbose
 
 
 @pytest.mark.slow

@@ -28,8 +28,6 @@ from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario
 from bounded import CORPUS
 from exported import COMMITTED, EXPORTS, engine_of, reported, run_standalone, source_of
 
-pytestmark = pytest.mark.engine
-
 ENGINES = ("hf", "vllm", "llamacpp")
 RUN_HERE = [f for f in COMMITTED if engine_of(f) != "vllm"]  # vLLM's run in .venv-vllm (test_vllm_target.py)
 # transformers with the fixes the write-ups name, patched in before the script runs
@@ -97,6 +95,7 @@ def test_the_committed_export_is_what_export_writes_now(folder, tmp_path):
     assert all(f.stat().st_size < 400_000 for f in folder.iterdir()), "a model file grew past 400 kB"
 
 
+@pytest.mark.engine  # runs the engine
 @pytest.mark.parametrize("folder", RUN_HERE, ids=lambda f: f.name)
 def test_the_exported_script_reproduces_the_finding_with_the_engine_alone(folder, tmp_path):
     needs_engine(folder)
@@ -107,6 +106,7 @@ def test_the_exported_script_reproduces_the_finding_with_the_engine_alone(folder
     assert "\nFAIL " in "\n" + done.stdout and reported(case) in out, (reported(case), out[-3000:])
 
 
+@pytest.mark.engine  # runs the engine
 @pytest.mark.parametrize("name", ["hf-cancel-after-soft-reset-hang", "hf-prefix-blocks-unregistered-on-finish"])
 def test_the_transformers_scripts_pass_once_the_engine_is_fixed(name, tmp_path):
     """Patched with the write-up's fix, the same script finds nothing (hf-fork-one-token-prompt's
@@ -121,6 +121,7 @@ def control(tmp_path, target: str, prop: str, scenario) -> tuple:
     return path, export(path, tmp_path / "out", "control").folder
 
 
+@pytest.mark.engine  # runs the engine
 def test_a_transformers_script_passes_where_transformers_agrees(tmp_path):
     """hf-prefix-blocks-unregistered-on-finish with two new tokens: the prompt blocks are registered
     before the first request finishes, and the second one shares them."""
@@ -129,6 +130,7 @@ def test_a_transformers_script_passes_where_transformers_agrees(tmp_path):
     assert done.returncode == 0 and "cached_prefix_tokens=4 (at least 4 expected)" in done.stdout, (done.stdout + done.stderr)[-3000:]
 
 
+@pytest.mark.engine  # runs the engine
 def test_a_llamacpp_script_passes_where_llamacpp_agrees(tmp_path):
     """seq_add moves keys right (llamacpp-seq-div-shift-sign.md): a shift and a decode after it agree."""
     pytest.importorskip("llama_cpp", reason="llama.cpp's scripts need the llamacpp extra")

@@ -100,7 +100,7 @@ def test_short_form_tokens_counts_prompt_plus_generated():
 
 
 def test_mutants_command_writes_markdown_and_json(tmp_path):
-    result = CliRunner().invoke(main, ["mutants", "--targets", "mutant:kv_trim_keeps_one_rejected", "--profile", "dev", "--out", str(tmp_path)])
+    result = CliRunner().invoke(main, ["mutants", "--targets", "mutant:kv_trim_keeps_one_rejected", "--profile", "dev", "--out", str(tmp_path)])  # --out: --report-dir's old name
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "mutants.json").read_text())
     assert [m["target"] for m in data["mutants"]] == ["reference", "mutant:kv_trim_keeps_one_rejected"]
@@ -111,3 +111,20 @@ def test_mutants_command_writes_markdown_and_json(tmp_path):
 def test_unknown_mutant_target_is_a_clear_error():
     result = CliRunner().invoke(main, ["mutants", "--targets", "mutant:nope"])
     assert result.exit_code == 2 and "unknown mutant 'nope'" in result.output
+
+
+def test_a_target_named_both_to_kill_and_to_stay_clean_is_a_clear_error():
+    result = CliRunner().invoke(main, ["mutants", "--targets", "mutant:kv_trim_keeps_one_rejected", "--clean", "reference,mutant:kv_trim_keeps_one_rejected"])
+    assert result.exit_code == 2 and "mutant:kv_trim_keeps_one_rejected: named both as a mutant to kill" in result.output
+
+
+def test_a_clean_target_the_fuzzer_flags_fails_the_run(tmp_path):
+    """Exit 0 exactly when every mutant died and every clean target stayed clean: a buggy engine
+    named as clean fails the run even though the mutant to kill died."""
+    result = CliRunner().invoke(main, ["mutants", "--targets", "mutant:kv_trim_keeps_one_rejected", "--clean", "mutant:spec_bonus_from_wrong_row",
+                                       "--profile", "dev", "--report-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    data = json.loads((tmp_path / "mutants.json").read_text())
+    assert data["fuzzer_killed"] == 1 and data["clean"] == ["mutant:spec_bonus_from_wrong_row"]
+    assert data["clean_flagged"] == ["mutant:spec_bonus_from_wrong_row"]
+    assert [m["clean"] for m in data["mutants"]] == [True, False]

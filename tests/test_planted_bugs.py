@@ -67,3 +67,12 @@ def test_planted_bug_is_found_shrunk_saved_and_replayed(property_id, tmp_path):
     assert result.exit_code == 1 and "FAILS" in result.output, result.output
 
     assert replay(load(files[0]), resolve_target(planted.CORRECT.get(property_id, "reference"))) is None, "the correct engine fails the shrunk scenario"
+
+
+def test_surgery_memory_passes_on_the_correct_memory_model(tmp_path):
+    """surgery.memory applies to no fuzzcache engine of its own (the reference edits no KV memory):
+    its whole property runs on the memory model's engine, right by construction, and finds nothing."""
+    spec = planted.CORRECT["surgery.memory"]
+    bounded = settings(max_examples=15, deadline=None, database=None, derandomize=True)
+    run = run_property(PROPERTIES["surgery.memory"], resolve_target(spec), spec, bounded, tmp_path)
+    assert run.error is None and run.examples > 0 and not run.found

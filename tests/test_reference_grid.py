@@ -11,10 +11,6 @@ from fuzzcache import EngineConfig, Request, resolve_target
 from fuzzcache.contract import min_blocks_for
 from fuzzcache.oracle import greedy_continuation
 
-# the last test reads what the grid's tests recorded: under pytest-xdist (--dist loadgroup) the
-# whole module runs in one worker, in order
-pytestmark = pytest.mark.xdist_group("reference_grid")
-
 SHARED = (11, 12, 13, 14, 15, 16, 17, 18, 19)  # two full blocks of 4 plus one token
 
 
@@ -69,29 +65,31 @@ def oracle(target):
     return {r.rid: greedy_continuation(target.reference_logits, r.prompt, r.max_new_tokens) for r in grid_requests()}
 
 
-@pytest.fixture(scope="module")
-def grid_stats():
-    return {}
+def run_config(name: str, target) -> tuple[list, dict]:
+    """The grid's requests under config ``name``: the completions, and the run's path statistics."""
+    requests = grid_requests()
+    completions = target.generate(requests, GRID[name])
+    totals = dict(target.last_stats)
+    for key in ("cached_prefix_tokens", "draft_proposed", "draft_accepted"):
+        totals[key] = sum(c.stats[key] for c in completions)
+    return completions, totals
 
 
 @pytest.mark.parametrize("name", list(GRID))
-def test_generate_equals_full_recompute(name, target, oracle, grid_stats):
+def test_generate_equals_full_recompute(name, target, oracle):
     requests = grid_requests()
-    completions = target.generate(requests, GRID[name])
+    completions, _ = run_config(name, target)
     assert [c.rid for c in completions] == [r.rid for r in requests]
     for req, comp in zip(requests, completions):
         want_tokens, want_logits = oracle[req.rid]
         assert comp.tokens == want_tokens, f"{name}: request {req.rid}"
         assert comp.logits.shape == (req.max_new_tokens, target.vocab_size)
         torch.testing.assert_close(comp.logits, want_logits, atol=1e-4, rtol=0)
-    totals = dict(target.last_stats)
-    for key in ("cached_prefix_tokens", "draft_proposed", "draft_accepted"):
-        totals[key] = sum(c.stats[key] for c in completions)
-    grid_stats[name] = totals
 
 
-def test_grid_reaches_every_path(grid_stats):
-    assert len(grid_stats) == len(GRID), "run the whole grid (the parametrized test above) first"
+def test_grid_reaches_every_path(target):
+    """The whole grid run again (it takes under a second), so this test stands alone in any order or worker."""
+    grid_stats = {name: run_config(name, target)[1] for name in GRID}
     total = lambda key: sum(s[key] for s in grid_stats.values())  # noqa: E731
     print({k: total(k) for k in ("prefix_hit_blocks", "evictions", "preemptions", "fused_steps", "draft_proposed", "draft_accepted")})
     assert total("cached_prefix_tokens") > 0 and total("prefix_hit_blocks") > 0
