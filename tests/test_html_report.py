@@ -86,8 +86,11 @@ def test_a_zoo_campaigns_report_draws_each_findings_timeline_and_divergence(tmp_
     page = rendered(report / "index.html")
     assert page["errors"] == []
     assert len(page["findings"]) == len(findings)
-    for drawn in page["findings"]:
-        assert drawn["title"].split(". ", 1)[1] in ("engine.same.pool: mismatch", "engine.same.pool: contract")
+    drawn_kinds = [drawn["title"].split(". ", 1)[1] for drawn in page["findings"]]
+    # a stale block table gives wrong logits, NaN ones, or reads past the pool (an exception: a crash)
+    assert set(drawn_kinds) <= {"engine.same.pool: mismatch", "engine.same.pool: contract", "engine.same.pool: crash"}, drawn_kinds
+    compared = [drawn for drawn, kind in zip(page["findings"], drawn_kinds) if not kind.endswith("crash")]
+    for drawn in compared:  # a crash has no logits to diverge (the real engine's test below draws one too); the others in full
         assert_pictures(drawn, {"decode"})
         assert any("preempted" in t["traces"] for t in drawn["timelines"])  # the path the mutant breaks
 

@@ -73,8 +73,14 @@ TRACES = {  # kind -> (config, requests, the path it reaches)
 @pytest.mark.parametrize("kind", list(TRACES))
 def test_a_hand_written_trace_agrees_with_both_oracles_and_reaches_its_path(server, kind):
     config, requests, path = TRACES[kind]
-    completions = checked_by_both_oracles(server, config, requests)
-    paths = take()
+    # whether the server decodes requests sent together in one batch is up to its timing: on a loaded
+    # machine it may serve them one after another, so that trace gets three tries to reach its path
+    # (each is checked against both oracles all the same)
+    for _ in range(3 if kind == "parallel slots" else 1):
+        completions = checked_by_both_oracles(server, config, requests)
+        paths = take()
+        if sum(n for name, n in paths.items() if name.startswith(path)) >= 1:
+            break
     assert sum(n for name, n in paths.items() if name.startswith(path)) >= 1, (kind, paths)
     assert paths["leak check"] >= 1 and server.last_pool.leaked == 0
     if kind == "prefix kept in the slot":
