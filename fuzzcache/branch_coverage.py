@@ -77,10 +77,15 @@ class BranchCoverage:
         self._cov.set_option("run:disable_warnings", QUIET)
         self._seen: dict[str, set[Arc]] = {}
         self._start = self._last = 0.0
+        self._examples_before = 0  # examples of earlier campaigns this measurement spans (a target pattern's targets)
 
     def start(self) -> None:
+        """Start measuring; again after ``stop`` it goes on (one time and example axis over a
+        target pattern's campaigns, one after another)."""
         self._cov.start()
-        self._start = self._last = time.monotonic()
+        self._last = time.monotonic()
+        if not self._start:
+            self._start = self._last
 
     def snapshot(self, examples: int, force: bool = False) -> None:
         """Keep the arcs reached since the last snapshot, at most every SNAPSHOT_EVERY_S."""
@@ -96,11 +101,12 @@ class BranchCoverage:
             if fresh:
                 seen |= fresh
                 new[path] = sorted(fresh)
-        self.snapshots.append(Snapshot(round(now - self._start, 2), examples, new))
+        self.snapshots.append(Snapshot(round(now - self._start, 2), self._examples_before + examples, new))
 
     def stop(self, examples: int) -> list[Snapshot]:
         """The last snapshot, then stop and save this process's data file."""
         self.snapshot(examples, force=True)
+        self._examples_before += examples
         self._cov.stop()
         self._cov.save()
         return self.snapshots

@@ -37,6 +37,12 @@ class PropertyTotals:
     errors: list[str] = field(default_factory=list)
 
     examples_to_first_failure: int | None = None  # a failure replayed from a shared database: 1
+    target: str | None = None  # set in a campaign over several targets (a target pattern)
+
+    @property
+    def label(self) -> str:
+        """How reports name it: the property id, after its target's name in a multi-target campaign."""
+        return f"{self.target} {self.property}" if self.target else self.property
 
     def add(self, run: PropertyRun) -> None:
         if self.examples_to_first_failure is None and run.examples_to_find is not None:
@@ -183,7 +189,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
         "server": result.server,
         "branch_coverage": result.branch_coverage,
         "properties": {
-            t.property: {
+            t.label: {
                 "examples": t.examples,
                 "seconds": round(t.seconds, 2),
                 "paths": dict(t.paths),
@@ -201,7 +207,7 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
                        failures=str(sum(1 for t in result.totals.values() if t.found)),
                        errors=str(sum(1 for t in result.totals.values() if t.errors and not t.found)), time=f"{result.seconds:.2f}")
     for t in result.totals.values():
-        case = ET.SubElement(suite, "testcase", classname=result.target, name=t.property, time=f"{t.seconds:.2f}")
+        case = ET.SubElement(suite, "testcase", classname=t.target or result.target, name=t.property, time=f"{t.seconds:.2f}")
         for s in t.found:
             ET.SubElement(case, "failure", type=s.kind, message=s.message).text = str(s.path)
         if t.errors and not t.found:
@@ -211,3 +217,19 @@ def write_reports(result: CampaignResult, out_dir: Path) -> tuple[Path, Path]:
     write_html(data, out_dir)
     return json_path, junit_path
 
+
+def merge_results(pattern: str, results: list[CampaignResult]) -> CampaignResult:
+    """One campaign's result from the per-target results of a target pattern (``vllm:*``): every
+    property's totals under its target's name, the seconds summed, coverage snapshots in order."""
+    totals: dict[str, PropertyTotals] = {}
+    for result in results:
+        for t in result.totals.values():
+            t.target = result.target
+            totals[t.label] = t
+    merged = CampaignResult(pattern, totals, sum(r.seconds for r in results), any(r.interrupted for r in results))
+    processes: dict[int, list] = {}  # an in-process measurement returns its one list after every target: kept once
+    for result in results:
+        for snapshots in result.coverage_snapshots:
+            processes.setdefault(id(snapshots), snapshots)
+    merged.coverage_snapshots = list(processes.values())
+    return merged

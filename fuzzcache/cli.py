@@ -19,7 +19,8 @@ from fuzzcache import profiles  # noqa: F401  (registers dev / ci / nightly)
 from fuzzcache import report_dirs
 from fuzzcache.corpus import CorpusError, iter_files, load
 from fuzzcache.stopping import stopped_by_signals
-from fuzzcache.targets import UnknownTarget, available_targets, resolve_target
+from fuzzcache.targets import UnknownTarget, available_targets, expand_target_pattern, resolve_target
+from fuzzcache.targets.tiny_models import families_for
 from fuzzcache.threads import configure_threads
 
 
@@ -65,7 +66,8 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--target", "target_spec", default="reference", show_default=True, help="reference, mutant:<name>, hf:<arch>, an entry point, or pkg.module:attr")
+@click.option("--target", "target_spec", default="reference", show_default=True, help="reference, mutant:<name>, hf:<arch>, an entry point, or pkg.module:attr; a pattern (e.g. 'vllm:*') "
+              "runs every model family it matches in turn, sharing the budget")
 @click.option("--property", "property_patterns", multiple=True, help="property id or glob (repeatable); default: all that apply")
 @click.option("--budget", default="60s", show_default=True, help="wall-clock budget, e.g. 90s, 10m, 2h")
 @click.option("--profile", default="nightly", show_default=True, type=click.Choice(["dev", "ci", "nightly"]), help="Hypothesis settings; the budget bounds the time whatever the profile")
@@ -90,10 +92,8 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     bug explains was saved (fuzzcache.known_bugs), 2 when a worker failed. SIGTERM stops it as
     Ctrl-C does (fuzzcache.stopping)."""
     from fuzzcache import guard
-    from fuzzcache.campaign import parse_budget, run_campaign, write_reports
-    from fuzzcache.terminal import live_display, print_report
-    from fuzzcache.isolation import IsolatedTarget
-    from fuzzcache.workers import run_workers
+    from fuzzcache.campaign import merge_results, parse_budget, write_reports
+    from fuzzcache.terminal import print_report
     from fuzzcache.properties import select
 
     guard.TIME_LIMIT_S = example_timeout
@@ -112,11 +112,49 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     if packages and isolate:
         fail("--coverage measures the processes fuzzcache runs the target in: drop --isolate (an isolated target runs in a worker "
              "process of its own), or run it --in-process")
+    try:
+        specs = expand_target_pattern(target_spec)
+    except UnknownTarget as exc:
+        fail(str(exc))
     run_dir = report_dirs.RunDir("fuzz", report_dir, report_root)
     coverage_dir = branch_coverage.data_dir_for(run_dir.path) if packages else None
     measuring = branch_coverage.BranchCoverage(packages, coverage_dir) if packages else None
     if measuring:
         measuring.start()  # before the target is built: its modules' import-time branches count too
+    console = make_console()
+    if len(specs) > 1:
+        console.print(f"{target_spec}: {', '.join(specs)}, {budget_s / len(specs):.0f}s each", markup=False, highlight=False)
+    results, errors = [], []
+    for n, spec in enumerate(specs):  # a pattern's targets share the budget, one after another, under one coverage measurement
+        if measuring and n:
+            measuring.start()  # the last target's campaign stopped it
+        result, failed = fuzz_target(spec, props, budget_s / len(specs), profile, corpus_dir, database_spec, database, example_timeout, dtype,
+                                     device, (index, count) if shard else None, workers, verbose, isolate, measuring, packages, coverage_dir, console)
+        results.append(result)
+        errors += failed
+        if result.interrupted:  # Ctrl-C or SIGTERM: the targets after this one are not started
+            break
+    result = results[0] if len(results) == 1 else merge_results(target_spec, results)
+    if packages:
+        result.branch_coverage = branch_coverage.report(packages, coverage_dir, result.coverage_snapshots)
+    print_report(result, console, verbose)
+    for error in errors:
+        console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)
+    run_dir.record(campaign_outcome(result, errors))
+    write_reports(result, run_dir.path)
+    run_dir.publish()
+    console.print(f"report: {run_dir.path / 'index.html'} (report.json, junit.xml beside it)", markup=False, highlight=False)
+    sys.exit(1 if result.untriaged_findings else 2 if errors else 0)
+
+
+def fuzz_target(target_spec, props, budget_s, profile, corpus_dir, database_spec, database, example_timeout, dtype, device, shard, workers,
+                verbose, isolate, measuring, packages, coverage_dir, console):
+    """One target's campaign of ``fuzz`` (a target pattern runs one per target): (result, worker errors)."""
+    from fuzzcache.campaign import run_campaign
+    from fuzzcache.isolation import IsolatedTarget
+    from fuzzcache.terminal import live_display
+    from fuzzcache.workers import run_workers
+
     target = target_or_fail(target_spec, dtype, device, isolate)
     if measuring and isinstance(target, IsolatedTarget):
         fail("--coverage measures the processes fuzzcache runs the target in; this target runs in a worker process of its "
@@ -125,11 +163,11 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
     skipped = [f"{p.id} (needs {p.unmet(target)})" for p in props if p not in applicable]
     if not applicable:
         fail(f"no selected property applies to target {target_spec!r} (features: {sorted(target.features)}): {'; '.join(skipped)}")
-    console = make_console()
     if skipped:
         why = "; ".join(skipped) if verbose else "--verbose says what each needs"
         console.print(f"not applicable to {target_spec}: {', '.join(p.id for p in props if p not in applicable)} ({why})", markup=False, highlight=False)
     if shard:
+        index, count = shard
         applicable = applicable[index - 1 :: count]
         console.print(f"shard {index}/{count}: {', '.join(p.id for p in applicable) or 'no property (fewer properties than shards)'}")
         if not applicable:
@@ -147,16 +185,7 @@ def fuzz(target_spec, property_patterns, budget, profile, corpus_dir, database_s
             result.coverage_snapshots = parent + result.coverage_snapshots
         else:
             result = run_campaign(target, target_spec, applicable, budget_s, Settings.get_profile(profile), corpus_dir, database, show, measuring)
-    if packages:
-        result.branch_coverage = branch_coverage.report(packages, coverage_dir, result.coverage_snapshots)
-    print_report(result, console, verbose)
-    for error in errors:
-        console.print(f"worker failed, its properties are missing from the report: {error}", markup=False, highlight=False)
-    run_dir.record(campaign_outcome(result, errors))
-    write_reports(result, run_dir.path)
-    run_dir.publish()
-    console.print(f"report: {run_dir.path / 'index.html'} (report.json, junit.xml beside it)", markup=False, highlight=False)
-    sys.exit(1 if result.untriaged_findings else 2 if errors else 0)
+    return result, errors
 
 
 def campaign_outcome(result, errors: list[str]) -> str:
@@ -554,7 +583,7 @@ def export_cmd(file, to, name) -> None:
 
 @main.command("tiny-model")
 @click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--arch", default="llama", show_default=True, type=click.Choice(["llama", "qwen2"]))
+@click.option("--arch", default="llama", show_default=True, type=click.Choice(list(families_for("vllm"))))
 def tiny_model(folder, arch) -> None:
     """Write the tiny seeded model that vllm-server:<arch> serves (an HF checkpoint without a
     tokenizer) to FOLDER, to start a server on it by hand and attach to it."""
@@ -562,6 +591,20 @@ def tiny_model(folder, arch) -> None:
 
     write_tiny_model(arch, folder)
     click.echo(f"wrote the tiny {arch} model to {folder} (vocabulary 64, 256 positions, float32)")
+
+
+def list_families() -> None:
+    """The shared factory's model families, and per engine whether it runs each (servers serve
+    their engine's: vllm-server vLLM's, llama-server llama.cpp's)."""
+    from fuzzcache.targets.tiny_models import ARCHITECTURES, ENGINES
+
+    click.echo("model families (<arch> above; vllm-server serves vllm's, llama-server llamacpp's):")
+    for family in ARCHITECTURES.values():
+        window = f", window {family.window}" if family.window else ""
+        click.echo(f"  {family.name:24} [{family.attention} attention{window}] {family.what}")
+        for engine in ENGINES:
+            verdict = "runs" if family.runs_on(engine) else family.engines[engine]
+            click.echo(f"      {engine + ':':10} {verdict}")
 
 
 @main.command("list")
@@ -584,6 +627,7 @@ def list_cmd() -> None:
     for family, (_, _, what) in FAMILIES.items():
         if family != "mutant":
             click.echo(f"  {family + ':<arch>':24} {what}")
+    list_families()
     from fuzzcache.mutants import ZOO
 
     click.echo("mutants (the bug zoo; each has the reference engine's features):")

@@ -80,7 +80,7 @@ def summary_table(result: CampaignResult) -> Table:
         table.add_column(col, justify="left" if col in ("property", "result") else "right")
     for t in result.totals.values():
         status = "error: " + t.errors[0] if t.errors else (f"{len(t.found)} distinct failure(s)" if t.found else "ok")
-        table.add_row(t.property, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status)
+        table.add_row(t.label, str(t.examples), f"{t.examples / t.seconds:.1f}" if t.seconds else "-", status)
     return table
 
 
@@ -108,7 +108,7 @@ def print_paths(result: CampaignResult, console: Console) -> None:
     console.print("[bold]paths reached[/] (examples that reached each path; a path missing here was never exercised)")
     for t in result.totals.values():
         paths = ", ".join(f"{k} {v}" for k, v in sorted(t.paths.items())) or "(no path events)"
-        console.print(f"  {t.property}: {paths}", markup=False, highlight=False)
+        console.print(f"  {t.label}: {paths}", markup=False, highlight=False)
 
 
 def print_rare_paths(result: CampaignResult, console: Console) -> None:
@@ -121,7 +121,7 @@ def print_rare_paths(result: CampaignResult, console: Console) -> None:
         console.print("[bold]rare paths[/] (steered toward with hypothesis.target; examples that reached each)")
     for t in traced:
         counts = ", ".join(f"{name} {t.paths.get(f'rare: {name}', 0) or 'NEVER'}" for name in RARE_PATHS)
-        console.print(f"  {t.property}: {counts}", markup=False, highlight=False)
+        console.print(f"  {t.label}: {counts}", markup=False, highlight=False)
 
 
 def print_branch_coverage(cov: dict, console: Console, verbose: bool = True) -> None:

@@ -16,26 +16,27 @@ MAX_REQUESTS = 4
 MAX_NEW = 8
 
 
-def prompts(token: st.SearchStrategy[int], block_size: int, max_len: int) -> st.SearchStrategy[list[int]]:
-    """Token lists whose length shrinks freely, half the time at a block boundary."""
-    boundary = prompt_lengths(block_size, max_len).flatmap(lambda n: st.lists(token, min_size=n, max_size=n))
+def prompts(token: st.SearchStrategy[int], block_size: int, max_len: int, window: int | None = None) -> st.SearchStrategy[list[int]]:
+    """Token lists whose length shrinks freely, half the time at a block (or window) boundary."""
+    boundary = prompt_lengths(block_size, max_len, window).flatmap(lambda n: st.lists(token, min_size=n, max_size=n))
     return st.one_of(st.lists(token, min_size=1, max_size=max_len), boundary)
 
 
 @st.composite
 def request_bodies(draw, token: st.SearchStrategy[int], shared: list[int], block_size: int, max_prompt: int, max_new: int, max_seq_len: int,
-                   arrivals: bool = True) -> tuple:
+                   arrivals: bool = True, window: int | None = None) -> tuple:
     """(prompt, max_new_tokens, arrival) of one request, drawn as a unit so the shrinker can delete it whole."""
     use_shared = bool(shared) and draw(st.booleans())
-    prompt = (shared if use_shared else []) + draw(prompts(token, block_size, max_prompt))
+    prompt = (shared if use_shared else []) + draw(prompts(token, block_size, max_prompt, window))
     return tuple(prompt[: max_seq_len - max_new]), draw(max_new_tokens(max_new)), draw(st.integers(0, 3) if arrivals else st.just(0))
 
 
 @st.composite
 def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_requests: int = MAX_REQUESTS, max_new: int = MAX_NEW, min_requests: int = 1,
-                swarm: frozenset[str] | None = None) -> tuple[Request, ...]:
+                swarm: frozenset[str] | None = None, window: int | None = None) -> tuple[Request, ...]:
     """1..max_requests requests: ragged lengths, an optional shared prefix (whole or partial
-    blocks), arrivals that often coincide, tokens from an alphabet that is often small (so
+    blocks; with a sliding ``window``, lengths at its multiples too, so a shared prefix may be
+    longer than the window or end inside it), arrivals that often coincide, tokens from an alphabet that is often small (so
     equal blocks recur after different prefixes). Shrinks to one short request at step 0.
     With a ``swarm`` (strategies.swarm), one request unless it has "several requests", every
     arrival at step 0 unless it has "arrivals"."""
@@ -44,8 +45,9 @@ def batch_mixes(draw, vocab_size: int, max_seq_len: int, block_size: int, max_re
     alphabet = draw(st.one_of(st.integers(1, 3), st.just(vocab_size)))
     token = st.integers(0, alphabet - 1)
     several = swarm is None or "several requests" in swarm
-    shared = draw(prompts(token, block_size, max_prompt) if min_requests > 1 else st.one_of(st.just([]), prompts(token, block_size, max_prompt)))
-    body = request_bodies(token, shared, block_size, max_prompt, max_new, max_seq_len, swarm is None or "arrivals" in swarm)
+    shared_prompts = prompts(token, block_size, max_prompt, window)
+    shared = draw(shared_prompts if min_requests > 1 else st.one_of(st.just([]), shared_prompts))
+    body = request_bodies(token, shared, block_size, max_prompt, max_new, max_seq_len, swarm is None or "arrivals" in swarm, window)
     least = max(min_requests, 2) if several and swarm is not None else min_requests
     bodies = draw(st.lists(body, min_size=least, max_size=max_requests if several else least))
     return tuple(Request(rid, prompt, new, arrival) for rid, (prompt, new, arrival) in enumerate(bodies))
@@ -77,13 +79,14 @@ class Traits:
     exclusive: frozenset[str] = frozenset()  # features a config uses alone (``exclusive_features``)
     drafts: tuple[str, ...] = DRAFTS  # the draft methods it has
     budget_covers_seqs: bool = False  # it refuses max_batch_tokens < max_num_seqs
+    window: int | None = None  # its model's sliding window (``window``): lengths are drawn around it too
 
 
 def traits_of(target) -> Traits:
     return Traits(
         tuple(getattr(target, "block_sizes", None) or ()) or None, getattr(target, "min_block_size", 1),
         frozenset(getattr(target, "exclusive_features", ())), tuple(getattr(target, "drafts", DRAFTS)),
-        bool(getattr(target, "budget_covers_seqs", False)),
+        bool(getattr(target, "budget_covers_seqs", False)), getattr(target, "window", None),
     )
 
 
@@ -133,7 +136,7 @@ def trace_scenarios(draw, features: frozenset[str], vocab_size: int, max_seq_len
     features = usable_features(features, traits.exclusive, swarm)
     swarm = swarm & frozenset(available(features))
     block_size = draw(target_block_sizes(traits.block_sizes, traits.min_block_size)) if "paged" in features else EngineConfig().block_size
-    requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1, swarm=swarm))
+    requests = draw(batch_mixes(vocab_size, max_seq_len, block_size, min_requests=2 if focus else 1, swarm=swarm, window=traits.window))
     requests = draw(with_lifecycles(requests, features, block_size, vocab_size, greedy, swarm))
     return TraceScenario(requests, draw(engine_configs(features, requests, block_size, focus, traits, swarm)))
 

@@ -18,10 +18,19 @@ def target_block_sizes(declared: tuple[int, ...] | None = None, min_size: int = 
     return st.sampled_from(sorted(declared)) if declared else block_sizes(min_size=min_size)
 
 
-def prompt_lengths(block_size: int, max_len: int) -> st.SearchStrategy[int]:
-    """Lengths >= 1, half the time at k*B-1, k*B or k*B+1 for block size B (where bugs live)."""
-    boundary = st.builds(lambda k, d: max(1, k * block_size + d), st.integers(1, max(1, max_len // block_size)), st.sampled_from([0, -1, 1]))
+def prompt_lengths(block_size: int, max_len: int, window: int | None = None) -> st.SearchStrategy[int]:
+    """Lengths >= 1, half the time at k*B-1, k*B or k*B+1 for block size B (where bugs live);
+    with a sliding ``window`` W, a third of the time at k*W-1, k*W or k*W+1 as well (where a
+    sliding group drops blocks and a prefix hit starts or ends inside the window)."""
+    boundary = edges(block_size, max_len)
+    if window:
+        boundary = st.one_of(boundary, edges(window, max_len))
     return st.one_of(st.integers(1, max_len), boundary).map(lambda n: min(n, max_len))
+
+
+def edges(step: int, max_len: int) -> st.SearchStrategy[int]:
+    """k*step-1, k*step or k*step+1 for k >= 1 (at least 1)."""
+    return st.builds(lambda k, d: max(1, k * step + d), st.integers(1, max(1, max_len // step)), st.sampled_from([0, -1, 1]))
 
 
 def chunk_sizes(max_size: int = 8) -> st.SearchStrategy[int | None]:

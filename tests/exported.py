@@ -48,3 +48,20 @@ def reported(case) -> str:
     if case.kind in ("crash", "engine_error"):
         return re.search(r"\w+(?:Error|Exception): ?.*", message).group(0)
     return message
+
+
+NUMBER = re.compile(r"\d+\.\d+(?:e-?\d+)?")
+
+
+def reports_finding(case, out: str, rel: float = 0.02) -> bool:
+    """Whether ``out`` reports ``case``'s finding: ``reported(case)`` word for word, except that each
+    measured number (a logit difference printed to three digits) may differ by ``rel`` relative,
+    since the last digit moves with the CPU the engine was built for (0.524 against 0.525 here)."""
+    expected = reported(case)
+    numbers = NUMBER.findall(expected)
+    pattern = "".join(re.escape(part) + (f"({NUMBER.pattern})" if i < len(numbers) else "")
+                      for i, part in enumerate(NUMBER.split(expected)))
+    for found in re.finditer(pattern, out):
+        if all(abs(float(got) - float(want)) <= rel * abs(float(want)) for got, want in zip(found.groups(), numbers)):
+            return True
+    return False

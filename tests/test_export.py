@@ -26,7 +26,7 @@ from fuzzcache.scenario import TraceScenario
 from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario
 
 from bounded import CORPUS
-from exported import COMMITTED, EXPORTS, engine_of, reported, run_standalone, source_of
+from exported import COMMITTED, EXPORTS, engine_of, reported, reports_finding, run_standalone, source_of
 
 ENGINES = ("hf", "vllm", "llamacpp")
 RUN_HERE = [f for f in COMMITTED if engine_of(f) != "vllm"]  # vLLM's run in .venv-vllm (test_vllm_target.py)
@@ -103,7 +103,7 @@ def test_the_exported_script_reproduces_the_finding_with_the_engine_alone(folder
     done = run_standalone(folder / "repro.py", tmp_path)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
-    assert "\nFAIL " in "\n" + done.stdout and reported(case) in out, (reported(case), out[-3000:])
+    assert "\nFAIL " in "\n" + done.stdout and reports_finding(case, out), (reported(case), out[-3000:])
 
 
 @pytest.mark.engine  # runs the engine

@@ -29,7 +29,7 @@ import transformers  # noqa: F401,E402  (the hf extra is part of the test set-up
 
 pytestmark = pytest.mark.engine
 
-ARCHS = ("llama", "mistral", "qwen2", "phi")
+ARCHS = ("llama", "mistral", "qwen2", "phi", "gemma3")
 BOUNDED = settings(max_examples=20, deadline=None, database=None, derandomize=True)
 FIND = settings(max_examples=300, deadline=None, database=None, derandomize=True)
 TRACE = (
@@ -56,7 +56,7 @@ def test_features_are_declared_honestly(hf):
     assert hf.features <= {"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"}
     assert {"stop", "abort", "fork"} <= hf.features  # continuous batching expresses all three
     assert "interleave" not in hf.features  # continuous batching always fuses; there is no knob to compare against
-    assert ("prefix_cache" in hf.features) == (hf.arch != "mistral")  # no block sharing for sliding-window layers
+    assert ("prefix_cache" in hf.features) == (hf.window is None)  # no block sharing for sliding-window layers
     assert hf.min_block_size == 4
 
 
@@ -307,7 +307,7 @@ def test_small_pages_are_refused_naming_the_field():
 
 
 def test_unknown_architecture_names_the_known_ones():
-    with pytest.raises(UnknownTarget, match="hf:llama, hf:llama-dynamic, hf:mistral, hf:qwen2, hf:phi"):
+    with pytest.raises(UnknownTarget, match="hf:llama, hf:llama-dynamic, hf:mistral, hf:mistral-w32, hf:gemma3, hf:qwen2, hf:phi"):
         resolve_target("hf:gpt5")
 
 

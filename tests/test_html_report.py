@@ -92,7 +92,8 @@ def test_a_zoo_campaigns_report_draws_each_findings_timeline_and_divergence(tmp_
     compared = [drawn for drawn, kind in zip(page["findings"], drawn_kinds) if not kind.endswith("crash")]
     for drawn in compared:  # a crash has no logits to diverge (the real engine's test below draws one too); the others in full
         assert_pictures(drawn, {"decode"})
-        assert any("preempted" in t["traces"] for t in drawn["timelines"])  # the path the mutant breaks
+        # the path the mutant breaks
+        assert any("preempted" in t["traces"] for t in drawn["timelines"]), (drawn["title"], [t["traces"] for t in drawn["timelines"]])
 
 
 @pytest.mark.engine
@@ -177,6 +178,20 @@ def test_the_reference_engine_reports_its_steps():
     target.generate([Request(0, (1, 2, 3, 4, 5), 3, n=2)], EngineConfig(block_size=2))  # the fork runs at once
     fork_work = [e for e in target.last_timeline if e.fork == 1 and e.kind in ("prefill", "decode", "verify")]
     assert fork_work and set(fork_work[0].shared) == set(fork_work[0].blocks[:2]), "the fork shares its sibling's full blocks"
+
+
+def test_a_preemption_is_on_the_timeline_when_the_request_is_readmitted_and_finishes_in_the_same_step():
+    """The stale block table lets a preempted request back in at once (it needs no new blocks for its
+    prompt): its step shows the preemption, then the re-prefill and the finish, not the finish alone."""
+    from fuzzcache.targets import resolve_target
+
+    target = resolve_target("mutant:preempt_keeps_stale_block_table")
+    target.generate([Request(0, (1,), 5), Request(1, (1,), 4)], EngineConfig(block_size=1, num_blocks=6))
+    step = [e.kind for e in target.last_timeline if e.rid == 1 and e.step == 3]
+    assert step == ["prefill", "preempted", "finished"], step  # the work first (recorded as it runs), then the lifecycle
+    correct = ReferenceTarget()
+    correct.generate([Request(0, (1,), 5), Request(1, (1,), 4)], EngineConfig(block_size=1, num_blocks=6))
+    assert [e.kind for e in correct.last_timeline if e.rid == 1][-4:] == ["preempted", "queued", "prefill", "finished"]
 
 
 def test_the_picture_marks_where_the_target_left_the_oracle():

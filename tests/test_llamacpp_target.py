@@ -20,13 +20,14 @@ from fuzzcache import EngineConfig, Request
 from fuzzcache.compare import target_tolerance
 from fuzzcache.corpus import load
 from fuzzcache.findings import Finding
+from fuzzcache.guard import Unsupported
 from fuzzcache.known_bugs import claim
 from fuzzcache.oracle import greedy_continuation
 from fuzzcache.properties import PROPERTIES
 from fuzzcache.runner import replay, run_property
 from fuzzcache.surgery.memory_model_bugs import BUGS
 from fuzzcache.surgery.memory_ops import MemoryOp, MemoryScenario
-from fuzzcache.targets import UnknownTarget, resolve_target
+from fuzzcache.targets import UnknownTarget, build_target, resolve_target
 from fuzzcache.strategies.memory import memory_scenarios
 
 import planted
@@ -274,6 +275,59 @@ def test_the_lifecycle_maps_onto_sequences(llamacpp_target, config):
     assert llamacpp_target.last_pool.leaked == 0, llamacpp_target.last_pool
     during = llamacpp_target.generate([Request(0, (16,) * 9, 5, abort_at=1)], EngineConfig(max_batch_tokens=4))[0]
     assert during.tokens == [] and during.stats["abort_phase"] == 2 and llamacpp_target.last_pool.leaked == 0
+
+
+WINDOW_PROMPT = tuple((7 * i + 3) % 61 for i in range(45))  # over two of gemma3's windows of 20
+
+
+@pytest.mark.parametrize("config", [EngineConfig(), EngineConfig(max_batch_tokens=7, chunk_size=3), EngineConfig(num_blocks=10, block_size=8, max_num_seqs=3),
+                                    EngineConfig(prefix_cache=True)], ids=["plain", "chunked", "pool", "prefix"])
+def test_gemma3s_interleaved_cache_equals_the_oracle_across_its_window(config):
+    """llama.cpp's iswa cache (an SWA cache beside the full one) on prompts crossing the window:
+    a later request extending a finished one's whole sequence reuses it; one sharing only part
+    of it recomputes (the SWA cells before that part's window may have gone to other tokens)."""
+    target = target_for("llamacpp:gemma3")
+    first = greedy_continuation(target.reference_logits, WINDOW_PROMPT, 6)[0]
+    trace = (
+        Request(0, WINDOW_PROMPT, 6),
+        Request(1, WINDOW_PROMPT + tuple(first) + (9,), 4, arrival=12),  # extends request 0's whole sequence
+        Request(2, WINDOW_PROMPT[:30] + (1, 2, 3), 5, arrival=12),  # shares 30 of its 45 prompt tokens
+    )
+    out = assert_equals_oracle(target, trace, config)
+    assert target.last_pool.leaked == 0, target.last_pool
+    if config.prefix_cache:
+        assert out[1].stats["cached_prefix_tokens"] >= len(WINDOW_PROMPT) and out[2].stats["cached_prefix_tokens"] == 0
+    if config.num_blocks:
+        assert target.last_stats["preemptions"] > 0, target.last_stats
+
+
+def test_prefix_hit_holds_gemma3_to_the_whole_sequences_it_reuses(monkeypatch):
+    """prefix.hit on a windowed llama.cpp target: a prompt sharing only blocks of an earlier one
+    owes no hit (a 10-minute campaign called that a miss: a false alarm); one extending an earlier
+    request's whole sequence owes its prompt, and a server loop that never reuses is caught."""
+    from fuzzcache.properties.prefix_hit import PrefixScenario, check_prefix_hit
+    from fuzzcache.targets.llamacpp.engine import Server
+
+    target = target_for("llamacpp:gemma3")
+    assert target.prefix_reuse == "whole sequence"
+    partial = PrefixScenario(4, (WINDOW_PROMPT, WINDOW_PROMPT[:30] + (1, 2, 3)), 2)
+    assert partial.expected_hit(1, 4) == 28  # what the block rule would owe
+    check_prefix_hit(target, partial)
+    first = greedy_continuation(target.reference_logits, WINDOW_PROMPT, 2)[0]
+    whole = PrefixScenario(4, (WINDOW_PROMPT, WINDOW_PROMPT + tuple(first) + (9,)), 2)
+    check_prefix_hit(target, whole)
+    monkeypatch.setattr(Server, "_reuse_prefix", lambda self, s, cached: None)  # planted: no reuse at all
+    in_process = build_target("llamacpp:gemma3")  # the planted method is this process's, not the worker's
+    with pytest.raises(Finding, match=f"cached_prefix_tokens=0, but an earlier request's whole sequence \\({len(WINDOW_PROMPT)} prompt tokens"):
+        check_prefix_hit(in_process, whole)
+
+
+def test_gemma3_refuses_drafts_and_the_memory_property():
+    target = target_for("llamacpp:gemma3")
+    assert target.window == 20 and "speculative" not in target.features
+    with pytest.raises((ValueError, Unsupported), match="EngineConfig.spec_k=2: llamacpp:gemma3 drafts nothing"):  # Unsupported: from its worker
+        target.generate(TRACE, EngineConfig(spec_k=2))
+    assert "full-attention family" in PROPERTIES["surgery.memory"].unmet(target)
 
 
 def test_an_abort_that_leaves_its_cells_is_a_leak(tmp_path):

@@ -90,7 +90,10 @@ def test_a_hand_written_trace_agrees_with_both_oracles_and_reaches_its_path(serv
     assert paths[PATHS[kind]] >= 1, (kind, paths)
     assert paths["leak check"] >= 1 and server.last_pool.leaked == 0
     if kind == "abort mid-stream":
-        assert len(completions[0].tokens) == 4 and completions[0].stats["abort_phase"] == 3
+        # the client closes the stream once 4 tokens arrived; a lagging client may get more in that
+        # event, since vLLM merges streamed deltas the client has not read yet
+        # (vllm/v1/engine/output_processor.py, RequestOutputCollector.put): seen once in CI, 30 in one
+        assert 4 <= len(completions[0].tokens) <= 30 and completions[0].stats["abort_phase"] == 3
         assert len(completions[1].tokens) == 12
     if kind == "repeat cold then warm":
         assert completions[0].stats["cached_prefix_tokens"] == 0 and completions[1].stats["cached_prefix_tokens"] == 64

@@ -29,7 +29,7 @@ from fuzzcache.scenario import TraceScenario
 from fuzzcache.targets import resolve_target
 
 from bounded import CORPUS, assert_only_triaged_findings
-from exported import COMMITTED, engine_of, reported, run_standalone, source_of
+from exported import COMMITTED, engine_of, reported, reports_finding, run_standalone, source_of
 
 pytest.importorskip("vllm", reason="vllm:<arch> targets run in .venv-vllm (README: the test command's second part)")
 pytestmark = [pytest.mark.vllm, pytest.mark.engine]
@@ -79,7 +79,7 @@ def vllm_llama():
     return vllm_target_for("llama")
 
 
-@pytest.fixture(params=["llama", "qwen2"])
+@pytest.fixture(params=["llama", "qwen2", "mistral", "gemma3"])
 def vllm_target(request):
     return vllm_target_for(request.param)
 
@@ -126,6 +126,46 @@ def test_the_request_lifecycle_maps_onto_vllm(vllm_llama, config, phases):
     assert pool.leaked == 0 and pool.total == (config.num_blocks or pool.total)
     if config.prefix_cache:
         assert pool.cached > 0  # evictable prefix blocks are counted as cached, not leaked
+
+
+def test_an_interleaved_model_runs_two_kv_cache_groups_on_one_pool():
+    """Gemma 3's sliding and full layers are two KV-cache groups (vLLM's hybrid coordinator);
+    ``num_blocks`` is room in each, so the contract's smallest pool still runs a request; a
+    prefix longer than the window is hit, and everything equals the oracle."""
+    target = vllm_target_for("gemma3")
+    long = tuple((5 * i + 1) % 63 for i in range(70))  # three of its windows of 20, two blocks and more
+    out = target.generate((Request(0, (3, 4), 5),), EngineConfig(block_size=32, num_blocks=1))
+    assert out[0].tokens == greedy_continuation(target.reference_logits, (3, 4), 5)[0]
+    trace = (Request(0, long, 6), Request(1, long + (9, 9), 6, arrival=10))
+    out = target.generate(trace, EngineConfig(block_size=32, prefix_cache=True))
+    scheduler = target.engines.llm(next(iter(target.engines.engines))).llm_engine.engine_core.engine_core.scheduler
+    kinds = sorted(type(g.kv_cache_spec).__name__ for g in scheduler.kv_cache_config.kv_cache_groups)
+    assert kinds == ["FullAttentionSpec", "SlidingWindowSpec"], kinds
+    assert out[1].stats["cached_prefix_tokens"] == 64  # two whole blocks, past the window
+    for request, completion in zip(trace, out):
+        assert completion.tokens == greedy_continuation(target.reference_logits, request.prompt, request.max_new_tokens)[0]
+
+
+def test_a_moe_family_with_chunked_attention_runs_after_a_dense_family_in_one_process():
+    """Llama 4 after a llama in the same process (a ``vllm:*`` campaign): its MoE layers need the
+    expert-parallel group vLLM makes only for a first model that is MoE (engines.expert_group_ready);
+    its chunked local layer and its global layer are two KV-cache groups, and it equals the oracle."""
+    dense = vllm_target_for("llama")
+    dense.generate((Request(0, (3, 4), 2),), EngineConfig(block_size=32))
+    target = vllm_target_for("llama4")
+    long = tuple((5 * i + 1) % 63 for i in range(70))  # past two of its chunks of 32
+    trace = (Request(0, long, 6), Request(1, long + (9, 9), 6, arrival=10), Request(2, (3, 4), 5))
+    out = target.generate(trace, EngineConfig(block_size=32, prefix_cache=True))
+    scheduler = target.engines.llm(next(iter(target.engines.engines))).llm_engine.engine_core.engine_core.scheduler
+    kinds = sorted(type(g.kv_cache_spec).__name__ for g in scheduler.kv_cache_config.kv_cache_groups)
+    assert kinds == ["ChunkedLocalAttentionSpec", "FullAttentionSpec"], kinds
+    assert target.block_sizes == (32,)  # vLLM asserts the chunk divides the block size at the first step
+    with pytest.raises(ValueError, match="chunks of 32 positions need a block size that divides them"):
+        target.generate(trace, EngineConfig(block_size=64))
+    for request, completion in zip(trace, out):
+        assert completion.tokens == greedy_continuation(target.reference_logits, request.prompt, request.max_new_tokens)[0]
+        oracle = target.reference_logits(list(request.prompt) + completion.tokens)[len(request.prompt) - 1 : -1]
+        assert (completion.logits - oracle).abs().max() < target.tolerance.logits
 
 
 def test_engines_are_reused_and_start_each_call_empty(vllm_target):
@@ -320,7 +360,7 @@ def test_the_exported_vllm_script_reproduces_the_finding_with_vllm_alone(folder,
     done = run_standalone(folder / "repro.py", tmp_path, timeout=600)
     out = done.stdout + done.stderr
     assert done.returncode == 1, out[-3000:]
-    assert "\nFAIL " in "\n" + done.stdout and reported(case) in out, (reported(case), out[-3000:])
+    assert "\nFAIL " in "\n" + done.stdout and reports_finding(case, out), (reported(case), out[-3000:])
 
 
 def test_an_exported_vllm_script_passes_where_vllm_agrees(tmp_path):

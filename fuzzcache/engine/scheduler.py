@@ -335,12 +335,13 @@ class Scheduler:
             if old is None:
                 self.timeline.append(StepEvent(self.step, rid, "forked", s.fork))
                 old = (s.stats["preemptions"], False, False, False)
+            preempted = s.stats["preemptions"] > old[0]
+            if preempted:  # also when it was re-admitted and finished in the same step
+                self.timeline.append(StepEvent(self.step, rid, "preempted", s.fork))
             if s.done and not old[3]:
                 kind = "abort" if s.aborted else "stop" if s.stopped else "finished"
                 self.timeline.append(StepEvent(self.step, rid, kind, s.fork))
-            elif s.stats["preemptions"] > old[0]:
-                self.timeline.append(StepEvent(self.step, rid, "preempted", s.fork))
-            elif id(s) in waiting and id(s) not in scheduled and s.request.arrival <= self.step:
+            elif not preempted and id(s) in waiting and id(s) not in scheduled and s.request.arrival <= self.step:
                 self.timeline.append(StepEvent(self.step, rid, "queued", s.fork))
 
     def completion(self, s: Sequence) -> Completion:

@@ -1,7 +1,9 @@
 """prefix.hit -- seed test 4 generalised, on any target with a prefix cache: requests whose
 prompts share leading blocks (whole and partial) run one after another; outputs equal the
 oracle and every request reports at least the cached prefix tokens it must have reused
-(asserted, not printed)."""
+(asserted, not printed). A target whose windowed cache reuses only whole cached sequences
+(llama.cpp's SWA cache) declares ``prefix_reuse = "whole sequence"`` and is held to that rule;
+one whose windowed reuse is not measured declares ``"not asserted"``: only its outputs are checked."""
 
 from __future__ import annotations
 
@@ -36,11 +38,21 @@ class PrefixScenario:
         requests = tuple(Request(i, p, self.max_new_tokens) for i, p in enumerate(self.prompts))
         return TraceScenario(requests, EngineConfig(**fields))
 
-    def expected_hit(self, i: int, block_size: int) -> int:
+    def expected_hit(self, i: int, block_size: int, generated: list[list[int]] | None = None) -> int:
         """Tokens request i must reuse: the leading full blocks it shares with an earlier prompt
-        (committed, since each earlier request computed its whole prompt), never its last token."""
+        (committed, since each earlier request computed its whole prompt), never its last token.
+
+        With ``generated`` (each earlier request's tokens), the rule of a target that reuses only
+        whole cached sequences (``prefix_reuse = "whole sequence"``): at least an earlier prompt,
+        when that prompt and all the tokens generated after it lead request i's prompt."""
         best = 0
         mine = self.prompts[i]
+        if generated is not None:
+            for earlier, tokens in zip(self.prompts[:i], generated):
+                sequence = tuple(earlier) + tuple(tokens)
+                if len(sequence) <= len(mine) - 1 and mine[: len(sequence)] == sequence:
+                    best = max(best, len(earlier))
+            return best
         for earlier in self.prompts[:i]:
             n = 0
             while (n + 1) * block_size <= min(len(mine) - 1, len(earlier)) and mine[n * block_size : (n + 1) * block_size] == earlier[n * block_size : (n + 1) * block_size]:
@@ -63,11 +75,18 @@ def check_prefix_hit(target, s: PrefixScenario) -> None:
     trace = s.trace(frozenset(target.features))
     completions = check_trace(target, trace)  # outputs equal the oracle
     block = trace.config.block_size
+    rule = getattr(target, "prefix_reuse", "blocks")
+    if rule == "not asserted":
+        return  # the target's windowed reuse is its own (e.g. llama-server's SWA checkpoints): outputs only
+    whole = rule == "whole sequence"
     for i, comp in enumerate(completions):
-        want = s.expected_hit(i, block)
+        want = s.expected_hit(i, block, [list(c.tokens) for c in completions[:i]] if whole else None)
         got = (getattr(comp, "stats", None) or {}).get("cached_prefix_tokens")
         if got is None:
             raise mismatch("the target declares prefix_cache but reports no stats['cached_prefix_tokens']")
+        if got < want and whole:
+            raise mismatch(f"request {i}: cached_prefix_tokens={got}, but an earlier request's whole sequence ({want} prompt tokens and "
+                           f"its generated ones) leads its prompt", rid=i, expected=want, got=got)
         if got < want:
             raise mismatch(f"request {i}: cached_prefix_tokens={got}, but it shares {want} tokens of committed full blocks", rid=i, expected=want, got=got)
         if want:

@@ -43,8 +43,14 @@ class Property:
                 return INSTALL_HINT
             if not hasattr(target, "surgery"):
                 return "a target with ``surgery`` ops"
+            if getattr(target, "surgery_architectures", None) == ():
+                from fuzzcache.surgery.models import ARCHS
+
+                return f"a model family the surgery ops have a model of ({', '.join(ARCHS)})"
         if self.level == "memory" and not hasattr(target, "run_memory_script"):
             return "an engine that edits its own KV memory (``run_memory_script``, e.g. llamacpp:<arch>)"
+        if self.level == "memory" and getattr(target, "memory_unmodelled", None):
+            return target.memory_unmodelled
         missing = self.requires - frozenset(getattr(target, "features", ()))
         return f"the features {sorted(missing)}" if missing else None
 

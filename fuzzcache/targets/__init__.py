@@ -11,12 +11,13 @@ import os
 from fuzzcache.isolation import IsolatedTarget
 from fuzzcache.targets.reference import ReferenceTarget
 from fuzzcache.targets.registry import (
-    BUILTIN, DTYPES, ENTRY_POINT_GROUP, FAMILIES, REQUIRED_ATTRS, UnknownTarget, available_targets, build_target, check_device, parse_dtype,
+    BUILTIN, DTYPES, ENTRY_POINT_GROUP, FAMILIES, REQUIRED_ATTRS, UnknownTarget, available_targets, build_target, check_device,
+    expand_target_pattern, parse_dtype,
 )
 
 __all__ = [
     "BUILTIN", "DTYPES", "ENTRY_POINT_GROUP", "FAMILIES", "REQUIRED_ATTRS", "ReferenceTarget", "UnknownTarget", "available_targets",
-    "build_target", "check_device", "parse_dtype", "resolve_target",
+    "build_target", "check_device", "expand_target_pattern", "parse_dtype", "resolve_target",
 ]
 
 

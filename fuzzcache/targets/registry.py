@@ -10,21 +10,23 @@ them (fuzzcache.mutants imports the reference target, never the other way round)
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 from importlib.metadata import entry_points
 
 import torch
 
 from fuzzcache.targets.reference import ReferenceTarget
+from fuzzcache.targets.tiny_models import families_for
 
 ENTRY_POINT_GROUP = "fuzzcache.targets"
 BUILTIN = {"reference": ReferenceTarget}
 # prefix -> (module, factory taking the name after the prefix, what the names are)
 FAMILIES = {
     "mutant": ("fuzzcache.mutants", "build", "mutant:<name> (the bug zoo, see `fuzzcache list`)"),
-    "hf": ("fuzzcache.targets.hf.target", "HFTarget", "hf:<arch> (HF transformers: llama, llama-dynamic, mistral, qwen2, phi)"),
+    "hf": ("fuzzcache.targets.hf.target", "HFTarget", f"hf:<arch> (HF transformers: {', '.join(families_for('hf'))})"),
     "vllm": ("fuzzcache.targets.vllm.target", "VLLMTarget",
-             "vllm:<arch> (llama, qwen2; needs the vllm extra; cannot express interleave, max_new_tokens=0)"),
+             f"vllm:<arch> ({', '.join(families_for('vllm'))}; needs the vllm extra; cannot express interleave, max_new_tokens=0)"),
     "vllm-server": ("fuzzcache.targets.serve.target", "VLLMServerTarget",
                     "vllm-server:<arch>[+hf-oracle] (vLLM's OpenAI-compatible server, started by fuzzcache) or vllm-server:http://HOST:PORT "
                     "(a running one); needs httpx (the serve extra), and the vllm extra to start one"),
@@ -32,7 +34,7 @@ FAMILIES = {
                      "llama-server:<arch>[+hf-oracle] (llama.cpp's server, built and started by fuzzcache) or llama-server:http://HOST:PORT?vocab=N "
                      "(a running one); needs httpx (the serve extra), and cmake and a C++ compiler to build one"),
     "llamacpp": ("fuzzcache.targets.llamacpp.target", "LlamaCppTarget",
-                 "llamacpp:<arch>[+f16kv][+flash] (llama, qwen2; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
+                 f"llamacpp:<arch>[+f16kv][+flash] ({', '.join(families_for('llamacpp'))}; needs the llamacpp extra; cannot express interleave; runs surgery.memory)"),
 }
 EXTRA_MODULES = ("httpx", "vllm", "llama_cpp", "gguf", "transformers", "tokenizers")  # what the engine extras install
 REQUIRED_ATTRS = ("name", "vocab_size", "max_seq_len", "features", "reference_logits", "generate")
@@ -49,6 +51,30 @@ def available_targets(with_mutants: bool = False) -> list[str]:
         zoo = importlib.import_module(FAMILIES["mutant"][0]).ZOO
         names += [f"mutant:{m}" for m in zoo]
     return names
+
+
+# target family -> the shared factory's engine whose model families its names are (a pattern expands over them)
+FAMILY_ENGINES = {"hf": "hf", "vllm": "vllm", "llamacpp": "llamacpp", "vllm-server": "vllm", "llama-server": "llamacpp"}
+
+
+def expand_target_pattern(spec: str) -> list[str]:
+    """The targets a pattern names, in the factory's order: ``vllm:*`` is every model family
+    vLLM runs, ``hf:mistral*`` the HF mistrals, ``mutant:spec_*`` those zoo mutants; a name
+    without ``*``, ``?`` or ``[`` is itself. UnknownTarget when a pattern matches nothing."""
+    if not any(c in spec for c in "*?["):
+        return [spec]
+    family, _, pattern = spec.partition(":")
+    if family in FAMILY_ENGINES:
+        names = families_for(FAMILY_ENGINES[family])
+    elif family == "mutant":
+        names = tuple(importlib.import_module(FAMILIES["mutant"][0]).ZOO)
+    else:
+        raise UnknownTarget(f"target pattern {spec!r}: patterns name the model families of {', '.join(f + ':' for f in FAMILY_ENGINES)} "
+                            "or the zoo's mutant:, e.g. 'vllm:*'")
+    matched = [f"{family}:{name}" for name in names if fnmatch.fnmatchcase(name, pattern)]
+    if not matched:
+        raise UnknownTarget(f"target pattern {spec!r} matches none of {', '.join(f'{family}:{n}' for n in names)}")
+    return matched
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -51,7 +51,7 @@ from fuzzcache.contract import Completion, EngineConfig, Request, validate_reque
 from fuzzcache.targets.hf.continuous import stepped_generate
 from fuzzcache.targets.hf.steps import StepRecorder
 from fuzzcache.targets.hf.known_bugs import KNOWN_BUGS
-from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, VOCAB_SIZE, draft_model, quiet_transformers, tiny_model
+from fuzzcache.targets.tiny_models import ARCHITECTURES, MAX_SEQ_LEN, families_for, VOCAB_SIZE, draft_model, quiet_transformers, tiny_model
 
 PATHS = ("single", "batched", "static", "continuous", "speculative")
 FEATURES = frozenset({"batching", "paged", "prefix_cache", "chunked_prefill", "speculative", "preemption", "stop", "abort", "fork"})
@@ -84,10 +84,10 @@ class HFTarget:
         require_transformers()
         from transformers import DynamicCache
 
-        if arch not in ARCHITECTURES:
+        if arch not in families_for("hf"):
             from fuzzcache.targets import UnknownTarget
 
-            raise UnknownTarget(f"unknown target 'hf:{arch}'; HF architectures: {', '.join('hf:' + a for a in ARCHITECTURES)}")
+            raise UnknownTarget(f"unknown target 'hf:{arch}'; HF architectures: {', '.join('hf:' + a for a in families_for('hf'))}")
         self.arch = arch
         self.name = name or f"hf:{arch}"
         self.dtype = dtype
@@ -96,6 +96,7 @@ class HFTarget:
         self.max_seq_len = MAX_SEQ_LEN
         self.cache_class = cache_class or DynamicCache
         self.model = tiny_model(arch, dtype=dtype, device=device)
+        self.window = ARCHITECTURES[arch].window  # strategies draw lengths around a sliding window
         if getattr(self.model.config, "sliding_window", None) is not None:
             self.features = FEATURES - {"prefix_cache"}  # transformers shares no blocks of sliding-window layers
         self.cb_model = copy.deepcopy(self.model)  # continuous batching switches its attention implementation
@@ -274,7 +275,12 @@ class HFTarget:
 
     @property
     def surgery_architectures(self) -> tuple[str, ...]:
-        return (self.arch.removesuffix("-dynamic"),)  # the surgery properties draw RoPE types themselves
+        """The surgery models of this family (``mistral-w32`` -> ``mistral``; the surgery properties
+        draw RoPE types themselves); () for a family they have no model of (``gemma3``)."""
+        from fuzzcache.surgery.models import ARCHS
+
+        base = self.arch.split("-")[0]
+        return (base,) if base in ARCHS else ()
 
     @property
     def draft_model(self):

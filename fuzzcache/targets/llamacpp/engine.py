@@ -178,13 +178,19 @@ class Server:
         return PoolAccount(total, 0, sum(held(s) for s in idle), unit="cells held by request sequences")
 
     def _reuse_prefix(self, s: Slot, cached: list[Slot]) -> None:
-        """Copy the longest prefix ``s`` shares with a cached sequence (never its last token, whose logits it needs)."""
+        """Copy the longest prefix ``s`` shares with a cached sequence (never its last token, whose
+        logits it needs). With sliding-window layers only a whole cached sequence is copied: the
+        SWA cache hands a sequence's cells that fell out of its window to any later token
+        (llama-kv-cache.cpp ``find_slot``: "SWA mask ... can_use = true"), so the last W
+        positions of a shorter prefix may be gone (llama-server re-processes such a prompt)."""
         best, source = 0, None
         for other in cached:
             n = 0
             limit = min(other.cached, len(s.tokens) - 1)
             while n < limit and other.tokens[n] == s.tokens[n]:
                 n += 1
+            if self.ctx.window and n < other.cached:
+                continue
             if n > best:
                 best, source = n, other
         if source is not None:

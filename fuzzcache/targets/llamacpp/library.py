@@ -74,6 +74,7 @@ class Model:
         if not self.handle:
             raise RuntimeError(f"llama.cpp could not load {path}")
         self.vocab_size = vocab_size
+        self.window = int(self.lib.llama_model_n_swa(self.handle))  # the sliding window of its SWA layers; 0: none
         self.contexts: dict[ContextShape, Context] = {}
 
     def context(self, shape: ContextShape) -> Context:
@@ -100,7 +101,7 @@ class Context:
         params.type_k = params.type_v = shape.kv_type
         params.flash_attn_type = shape.flash_attn
         params.no_perf = True
-        self.shape, self.vocab_size = shape, model.vocab_size
+        self.shape, self.vocab_size, self.window = shape, model.vocab_size, model.window
         self.handle = lib.llama_init_from_model(model.handle, params)
         if not self.handle:
             raise RuntimeError(f"llama.cpp could not create a context of {shape}")

@@ -1,4 +1,5 @@
-"""llama.cpp as a target: ``llamacpp:<arch>`` (llama, qwen2) runs llama.cpp (llama-cpp-python's
+"""llama.cpp as a target: ``llamacpp:<arch>`` (the shared factory's families with a GGUF writer:
+``fuzzcache list``) runs llama.cpp (llama-cpp-python's
 low-level API) over the shared factory's tiny seeded model written as GGUF, one HF forward over
 the same weights as the oracle. Variants: ``llamacpp:<arch>+f16kv`` (an f16 KV cache),
 ``+flash`` (flash attention), both (``+f16kv+flash``); the default is an f32 cache, flash off.
@@ -38,13 +39,13 @@ from fuzzcache.compare import Tolerance
 from fuzzcache.contract import Completion, EngineConfig, Request, validate_requests
 from fuzzcache.known_bugs import KnownBug
 from fuzzcache.targets.llamacpp.engine import Server
-from fuzzcache.targets.llamacpp.gguf_model import GGUF_ARCHITECTURES, write_gguf
+from fuzzcache.targets.llamacpp.gguf_model import write_gguf
 from fuzzcache.surgery.memory_ops import MemoryScenario, Observation, run_script
 from fuzzcache.targets.llamacpp.memory import MemorySession
 from fuzzcache.targets.llamacpp.library import CONTEXT_PAD, F16, F32, FLASH_OFF, FLASH_ON, KV_UNIFIED, ContextShape, Model
-from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, tiny_model
+from fuzzcache.targets.tiny_models import ARCHITECTURES as FAMILIES, SHAPES, VOCAB_SIZE, families_for, tiny_model
 
-ARCHITECTURES = tuple(GGUF_ARCHITECTURES)
+ARCHITECTURES = families_for("llamacpp")  # the shared factory's families llama.cpp runs (each has a GGUF writer)
 MAX_SEQ_LEN = 64
 N_SEQ_MAX = 16  # requests and their forks, surgery's sequences, and the ballast (the last id)
 BALLAST_SEQ = N_SEQ_MAX - 1
@@ -87,6 +88,7 @@ class LlamaCppTarget:
     vocab_size = VOCAB_SIZE
     max_seq_len = MAX_SEQ_LEN
     memory_seqs = 4  # sequences the surgery.memory property edits
+    memory_unmodelled: str | None = None  # why surgery.memory cannot run on this family (None: it can)
     isolate = True  # a native assert aborts the process: run in a worker (fuzzcache.isolation)
     known_bugs = KNOWN_BUGS  # its triaged upstream bugs, claiming their findings (shared cells: with a unified cache only)
 
@@ -103,7 +105,20 @@ class LlamaCppTarget:
         self.name = name or f"llamacpp:{arch}"
         self.dtype, self.device = dtype, device
         self.kv_type, self.flash_attn = VARIANTS[variant]
-        self.tolerance = TOLERANCES[variant]
+        family = FAMILIES[base]
+        self.window = family.window  # strategies draw lengths around a sliding window
+        floor = family.tolerance_floor.get("llamacpp", 0.0)
+        own = TOLERANCES[variant]
+        self.tolerance = Tolerance(tie=max(own.tie, floor), logits=max(own.logits, floor))
+        if family.attention != "full":
+            # surgery.memory's oracle models cells of full attention only
+            self.memory_unmodelled = f"a full-attention family (surgery.memory's oracle models no {family.attention} attention)"
+        if family.window:
+            # Rolling back rejected drafts (seq_rm) on an SWA cache loses the cells find_slot handed on when the
+            # drafts were in: llama-server disables speculative decoding for SWA models (llama.cpp PR #13970), and
+            # our lead that swa_full does not prevent it is still under triage (docs/targets/families.md)
+            self.features = FEATURES - {"speculative"}
+            self.prefix_reuse = "whole sequence"  # engine.py _reuse_prefix: an SWA cache hands on a shorter prefix's cells
         self.model = tiny_model(base, **SHAPES["tiny"])
         self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-llamacpp-{base}-")
         path = write_gguf(self.model, base, Path(self._folder.name) / f"{base}.gguf")
@@ -125,6 +140,8 @@ class LlamaCppTarget:
 
     def generate(self, requests: Sequence[Request], config: EngineConfig) -> list[Completion]:
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
+        if config.spec_k and "speculative" not in self.features:
+            raise ValueError(f"EngineConfig.spec_k={config.spec_k}: {self.name} drafts nothing (rolling drafts back on an SWA cache loses cells)")
         need = sum(len(r.prompt) + r.n * (r.max_new_tokens + config.spec_k) for r in requests)
         pool = need if config.num_blocks is None else config.num_blocks * config.block_size
         n_ctx = -(-max(pool, 1) // CONTEXT_PAD) * CONTEXT_PAD

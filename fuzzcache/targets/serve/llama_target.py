@@ -143,7 +143,12 @@ class LlamaServerTarget(ServerTarget):
     @property
     def tolerance(self) -> Tolerance:
         """The given tolerance, else the measured one of the oracle and the config's precision."""
-        return self.fixed_tolerance or TOLERANCES[(getattr(self, "oracle", "server"), precision(self.fixed_config))]
+        if self.fixed_tolerance:
+            return self.fixed_tolerance
+        oracle = getattr(self, "oracle", "server")
+        measured = TOLERANCES[(oracle, precision(self.fixed_config))]
+        floor = getattr(self, "hf_tolerance_floor", 0.0) if oracle == "hf" else 0.0  # a family's own gap to the HF forward
+        return Tolerance(tie=max(measured.tie, floor), logits=max(measured.logits, floor))
 
     @tolerance.setter
     def tolerance(self, value: Tolerance) -> None:
@@ -386,7 +391,7 @@ class ManagedLlamaServer(ManagedProcess, LlamaServerTarget):
     def __init__(self, arch: str = "llama", oracle: str = "server", name: str | None = None, variant: str = "stock",
                  patch: SourcePatch | None = None, configs: dict[str, EngineConfig] | None = None):
         from fuzzcache.targets.llamacpp.gguf_model import write_gguf
-        from fuzzcache.targets.tiny_models import VOCAB_SIZE
+        from fuzzcache.targets.tiny_models import ARCHITECTURES, VOCAB_SIZE
 
         self.arch, self.oracle = arch, oracle
         self.binary = llama_server_binary(variant, patch)
@@ -394,6 +399,13 @@ class ManagedLlamaServer(ManagedProcess, LlamaServerTarget):
             self.config_shards = configs
         self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-llama-server-{arch}-")
         self.hf_model = write_tiny_model(arch, self._folder.name)
+        family = ARCHITECTURES[arch]
+        self.window, self.hf_tolerance_floor = family.window, family.tolerance_floor.get("llamacpp", 0.0)
+        if family.window:
+            # which prefixes llama-server reuses on an SWA cache is its own rule, not measured here: it re-processes a
+            # prompt whose SWA cells fell out of the window unless a context checkpoint covers it (tools/server/
+            # server-context.cpp, "forcing full prompt re-processing due to lack of cache data"); prefix.hit checks outputs
+            self.prefix_reuse = "not asserted"
         self.gguf = write_gguf(self.hf_model, arch, Path(self._folder.name) / f"{arch}.gguf")
         super().__init__(name or f"llama-server:{arch}" + ("+hf-oracle" if oracle == "hf" else ""), "", VOCAB_SIZE, MAX_MODEL_LEN,
                          next(iter(self.config_shards.values())))

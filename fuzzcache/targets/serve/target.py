@@ -59,8 +59,10 @@ from fuzzcache.targets.serve.managed import ManagedServer, free_port
 
 TICK_S = 0.02  # wall-clock seconds per contract step of arrival
 DEADLINE_S = 45.0  # a trace's requests all end within this (the guard's hang limit is 60 s)
+FIRST_REQUEST_S = 180.0  # attaching: the probe request, the first one a server started by hand may see
 IDLE_WAIT_S = 5.0  # after a trace: how long the server may take to let go of its requests and free their blocks
-ARCHITECTURES = ("llama", "qwen2")
+# family -> the factory's engine whose families it serves (vllm-server: vLLM's; llama-server: llama.cpp's GGUFs)
+SERVED_ENGINE = {"vllm-server": "vllm", "llama-server": "llamacpp"}
 MAX_MODEL_LEN = 256
 FULL_LOGPROBS_MAX = 4096  # an attached server's log-probs are compared in full up to this vocabulary (and its --max-logprobs)
 # Measured (docs/targets/vllm-server.md): the managed CPU server's streamed log-probs equal its
@@ -351,7 +353,7 @@ class ManagedVLLMServer(ManagedProcess, ServerTarget):
 
     def __init__(self, arch: str = "llama", oracle: str = "server", env: dict[str, str | None] | None = None, name: str | None = None,
                  python: str | None = None, configs: dict[str, EngineConfig] | None = None):
-        from fuzzcache.targets.tiny_models import VOCAB_SIZE
+        from fuzzcache.targets.tiny_models import ARCHITECTURES, VOCAB_SIZE
 
         self.arch, self.oracle, self.extra_env = arch, oracle, dict(env or {})
         self.python = python or vllm_python()
@@ -359,6 +361,7 @@ class ManagedVLLMServer(ManagedProcess, ServerTarget):
             self.config_shards = configs
         self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-vllm-server-{arch}-")
         self.hf_model = write_tiny_model(arch, self._folder.name)
+        self.window = ARCHITECTURES[arch].window  # strategies draw lengths around a sliding window
         config = next(iter(self.config_shards.values()))
         super().__init__(name or f"vllm-server:{arch}" + ("+hf-oracle" if oracle == "hf" else ""), "", self._folder.name, VOCAB_SIZE,
                          MAX_MODEL_LEN, config, MANAGED_TOLERANCE, full_logprobs=True)
@@ -524,7 +527,8 @@ def attach(url: str, name: str | None = None) -> ServerTarget:
     block, prefix, blocks = vllm_dialect.server_config(metrics)
     config = EngineConfig(block_size=block or 16, prefix_cache=prefix)
     tol = Tolerance(tie=float(options.get("tie", ATTACHED_TOLERANCE.tie)), logits=float(options.get("logprobs", ATTACHED_TOLERANCE.logits)))
-    full = vocab <= FULL_LOGPROBS_MAX and httpx.post(base + vllm_dialect.COMPLETIONS, timeout=30.0, json={
+    # the first request a server gets: a cold CPU build warms up on it (over 30 s seen on a loaded 2-core machine)
+    full = vocab <= FULL_LOGPROBS_MAX and httpx.post(base + vllm_dialect.COMPLETIONS, timeout=FIRST_REQUEST_S, json={
         "model": card["id"], "prompt": [0], "max_tokens": 1, "logprobs": vocab, "prompt_logprobs": -1}).status_code == 200  # --max-logprobs allows them
     target = ServerTarget(name or f"vllm-server:{base}", base, card["id"], vocab, int(card.get("max_model_len") or MAX_MODEL_LEN), config,
                           tol, full_logprobs=full)
@@ -556,9 +560,12 @@ def managed_or_attached(family: str, name: str, options: dict, attach_to, manage
 
     if name.startswith(("http://", "https://")):
         return attach_to(name)
+    from fuzzcache.targets.tiny_models import families_for
+
     arch, _, suffix = name.partition("+")
-    if arch not in ARCHITECTURES or suffix not in ("", "hf-oracle"):
-        raise UnknownTarget(f"unknown target '{family}:{name}'; managed: {', '.join(f'{family}:{a}' for a in ARCHITECTURES)} "
+    archs = families_for(SERVED_ENGINE[family])
+    if arch not in archs or suffix not in ("", "hf-oracle"):
+        raise UnknownTarget(f"unknown target '{family}:{name}'; managed: {', '.join(f'{family}:{a}' for a in archs)} "
                             f"(optionally +hf-oracle), attached: {family}:{attach_hint}")
     if options.get("dtype", torch.float32) != torch.float32 or str(options.get("device", "cpu")) != "cpu":
         raise UnknownTarget(f"{family}:{name} {runs}")

@@ -32,8 +32,9 @@ class EngineShape:
 class EnginePool:
     """One ``vllm.LLM`` per EngineShape over the checkpoint in ``folder``."""
 
-    def __init__(self, folder: str, vocab_size: int, max_model_len: int, max_requests: int):
+    def __init__(self, folder: str, vocab_size: int, max_model_len: int, max_requests: int, kv_groups: int = 1):
         self.folder = folder
+        self.kv_groups = kv_groups  # KV-cache groups vLLM makes of the model's layers (one per attention kind)
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.max_batch_tokens = max_requests * max_model_len  # the runner's buffers; a call's budget is at most this
@@ -54,8 +55,9 @@ class EnginePool:
                 finalizer.detach()
 
     def max_blocks(self, block_size: int) -> int:
-        """Blocks the engine's KV tensors hold: every request at full length, plus vLLM's null block."""
-        return self.max_batch_tokens // block_size + MAX_NUM_SEQS + 1
+        """Blocks the engine's KV tensors hold: every request at full length in every KV-cache
+        group, plus vLLM's null block."""
+        return (self.max_batch_tokens // block_size + MAX_NUM_SEQS) * self.kv_groups + 1
 
     def retire(self, shape: EngineShape) -> None:
         """The next call of this shape gets a new engine (this one's state is unknown after an error)."""
@@ -70,7 +72,7 @@ class EnginePool:
             if shape.spec_k:
                 spec = {"method": "ngram", "num_speculative_tokens": shape.spec_k, "prompt_lookup_min": 1, "prompt_lookup_max": NGRAM_MAX}
             blocks = self.max_blocks(shape.block_size)
-            with engine_environment(), kernel_scan_safe(), warnings.catch_warnings():
+            with engine_environment(), kernel_scan_safe(), expert_group_ready(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)  # vLLM's own deprecation notices, once per engine
                 self.engines[shape] = LLM(
                     model=self.folder, skip_tokenizer_init=True, dtype="float32", seed=0, enforce_eager=True,
@@ -98,6 +100,25 @@ def kernel_scan_safe() -> Iterator[None]:
             sys.modules["llvmlite.binding.ffi"] = hidden
 
 
+@contextmanager
+def expert_group_ready() -> Iterator[None]:
+    """Let a MoE family's LLM follow a dense one's in this process (``vllm:*`` campaigns build
+    each family in turn). vLLM 0.32.0 makes its parallel groups once per process, for the first
+    model: no expert-parallel group for a dense one (``parallel_state.py``: "Don't create EP group
+    for dense models"), and a later LLM finds the groups made (``ensure_model_parallel_initialized``)
+    and builds Llama 4's MoE layers with none: AssertionError "expert parallel group is not
+    initialized". The missing group is made here as vLLM would have for this one-rank world."""
+    from vllm.distributed import parallel_state
+
+    if parallel_state.model_parallel_is_initialized() and parallel_state._EP is None:
+        import torch.distributed
+
+        world = parallel_state.get_world_group()
+        parallel_state._EP = parallel_state.init_model_parallel_group(
+            [[world.rank]], world.local_rank, torch.distributed.get_backend(world.device_group), group_name="ep")
+    yield
+
+
 def scheduler_config_for(config: EngineConfig, engine_config, max_model_len: int):
     """vLLM's SchedulerConfig for ``config``, from the engine's (``engine_config``), validated by
     vLLM itself; a ValueError naming the EngineConfig field when vLLM refuses it."""
@@ -119,13 +140,16 @@ def scheduler_config_for(config: EngineConfig, engine_config, max_model_len: int
 
 def install_scheduler(llm, config: EngineConfig, scheduler_config, max_blocks: int):
     """A fresh vLLM Scheduler on ``llm``'s engine core for ``config`` (``scheduler_config`` from
-    scheduler_config_for); returns it. vLLM's block pool keeps block 0 as its null block, so
-    ``num_blocks`` usable blocks are num_blocks + 1."""
+    scheduler_config_for); returns it. vLLM's block pool keeps block 0 as its null block, and
+    its KV-cache groups (one per attention kind: sliding and full layers of an interleaved model)
+    draw their blocks from the one pool, so ``num_blocks`` is room for that many blocks in every
+    group: num_blocks x groups + 1 (a pool that holds a request for llama holds it here too)."""
     core = llm.llm_engine.engine_core.engine_core
     old = core.scheduler
     vllm_config = copy.copy(core.vllm_config)
     vllm_config.scheduler_config = scheduler_config
-    blocks = max_blocks if config.num_blocks is None else config.num_blocks + 1
+    groups = len(old.kv_cache_config.kv_cache_groups)
+    blocks = max_blocks if config.num_blocks is None else config.num_blocks * groups + 1
     vllm_config.cache_config = copy.copy(old.cache_config)
     vllm_config.cache_config.enable_prefix_caching = config.prefix_cache
     vllm_config.cache_config.num_gpu_blocks = blocks

@@ -39,12 +39,14 @@ class StepRecorder:
                     self.events.append(StepEvent(step, rid, ENDS.get(r.status.name, "finished"), fork))
 
     def blocks_of(self, request) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """(KV block ids the request holds, those with more than one reference); () once freed."""
+        """(KV block ids the request holds in every KV cache group, those with more than one
+        reference); () once freed."""
         manager = self.scheduler.kv_cache_manager
         try:
             groups = manager.get_block_ids(request.request_id)  # one list per KV cache group
         except (KeyError, AttributeError, AssertionError):
             return (), ()
-        blocks = tuple(groups[0]) if groups else ()
+        null = manager.block_pool.null_block.block_id  # a sliding group's blocks dropped behind its window
+        blocks = tuple(b for group in groups for b in group if b != null)
         pool = manager.block_pool.blocks
         return blocks, tuple(b for b in blocks if pool[b].ref_cnt > 1)

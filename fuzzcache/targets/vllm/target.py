@@ -1,4 +1,4 @@
-"""vLLM as a target: ``vllm:<arch>`` (llama, qwen2) runs vLLM's real V1 engine in-process on the
+"""vLLM as a target: ``vllm:<arch>`` (the shared factory's families vLLM runs: ``fuzzcache list``) runs vLLM's real V1 engine in-process on the
 CPU over a tiny seeded model (the shared factory's weights, head_dim 32, saved as an HF
 checkpoint), one HF forward over the same weights as the oracle.
 
@@ -12,8 +12,10 @@ requests, arrivals      ``LLMEngine.add_request`` before the engine step numbere
                         request with no arrival or abort due, or too many steps; its message
                         names where each unfinished request sits (``stuck_report``)
 ``block_size``          ``block_size`` (32 or 64: the CPU attention kernel's multiples of 32)
-``num_blocks``          the block pool: ``num_gpu_blocks`` = num_blocks + 1 (vLLM's null block);
-                        None = room for every request at full length. A full pool preempts.
+``num_blocks``          the block pool: ``num_gpu_blocks`` = num_blocks x KV-cache groups + 1
+                        (vLLM's null block; an interleaved model's sliding and full layers are
+                        two groups drawing on one pool); None = room for every request at full
+                        length. A full pool preempts.
 ``max_batch_tokens``    ``max_num_batched_tokens``: the per-step token budget of chunked prefill
 ``chunk_size``          ``long_prefill_token_threshold``: at most this many prompt tokens per
                         request per step (adaptive threshold off)
@@ -66,13 +68,13 @@ import torch
 
 from fuzzcache.compare import Tolerance
 from fuzzcache.contract import Completion, EngineConfig, PoolAccount, Request, validate_requests, with_forks
-from fuzzcache.targets.tiny_models import SHAPES, VOCAB_SIZE, save_checkpoint, tiny_model
+from fuzzcache.targets.tiny_models import ARCHITECTURES as FAMILIES, SHAPES, VOCAB_SIZE, families_for, save_checkpoint, tiny_model
 from fuzzcache.targets.vllm.engines import EnginePool, EngineShape, install_scheduler, scheduler_config_for
 from fuzzcache.targets.vllm.environment import engine_environment, import_vllm
 from fuzzcache.targets.vllm.known_bugs import KNOWN_BUGS
 from fuzzcache.targets.vllm.steps import StepRecorder
 
-ARCHITECTURES = ("llama", "qwen2")
+ARCHITECTURES = families_for("vllm")  # the shared factory's families vLLM runs here
 MAX_SEQ_LEN = 256
 BLOCK_SIZES = (32, 64)
 MAX_REQUESTS = 4  # strategies.engine draws at most this many
@@ -109,9 +111,14 @@ class VLLMTarget:
         self.name = name or f"vllm:{arch}"
         self.dtype, self.device = dtype, device
         self.model = tiny_model(arch, **SHAPES["wide_heads"], max_position_embeddings=MAX_SEQ_LEN)
+        self.window = FAMILIES[arch].window  # strategies draw lengths around a sliding window
+        if FAMILIES[arch].attention == "chunked":
+            # vLLM asserts at the first step, not at build time: "attn_chunk_size 32 is not divisible by
+            # block_size 64" (v1/attention/backends/utils.py make_local_attention_virtual_batches)
+            self.block_sizes = tuple(b for b in BLOCK_SIZES if self.window % b == 0)
         self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-vllm-{arch}-")
         save_checkpoint(self.model, self._folder.name)
-        self.engines = EnginePool(self._folder.name, VOCAB_SIZE, MAX_SEQ_LEN, MAX_REQUESTS)
+        self.engines = EnginePool(self._folder.name, VOCAB_SIZE, MAX_SEQ_LEN, MAX_REQUESTS, kv_groups(self.model.config))
         self._call_ids = itertools.count()
         self.last_stats: dict[str, int] = {}
         self.last_ignored: tuple[str, ...] = ()
@@ -120,7 +127,7 @@ class VLLMTarget:
 
     def warm_up(self) -> None:
         """Build every engine a config can ask for (``fuzzcache bench`` times this apart)."""
-        for block_size in BLOCK_SIZES:
+        for block_size in self.block_sizes:
             for spec_k in range(MAX_SPEC_K + 1):
                 self.engines.llm(EngineShape(block_size, spec_k))
 
@@ -135,6 +142,9 @@ class VLLMTarget:
         validate_requests(requests, config, self.vocab_size, self.max_seq_len)
         if config.block_size not in BLOCK_SIZES:
             raise ValueError(f"EngineConfig.block_size={config.block_size}: vLLM's CPU attention runs blocks of {', '.join(map(str, BLOCK_SIZES))} here")
+        if config.block_size not in self.block_sizes:
+            raise ValueError(f"EngineConfig.block_size={config.block_size}: {self.name}'s chunks of {self.window} positions "
+                             f"need a block size that divides them ({', '.join(map(str, self.block_sizes))})")
         if config.spec_k and config.draft not in self.drafts:
             raise ValueError(f"EngineConfig.draft={config.draft!r}: vLLM drafts by n-gram prompt lookup only ('prompt_lookup')")
         self.last_ignored = ()
@@ -343,3 +353,9 @@ class DraftCounter:
     def of(self, request_id: str) -> tuple[int, int]:
         proposed, accepted = self.counts.get(request_id, (0, 0))
         return proposed, accepted
+
+
+def kv_groups(config) -> int:
+    """The KV-cache groups vLLM makes of ``config``'s layers: one per layer kind (Gemma 3's
+    sliding and full layers: 2), else 1."""
+    return len(set(getattr(config, "layer_types", None) or ["one"]))
