@@ -15,6 +15,10 @@ class Tolerance:
     tie: float
     logits: float
 
+    def at_least(self, floor: float) -> Tolerance:
+        """Both bounds raised to ``floor`` (a model family's own measured gap), never lowered."""
+        return Tolerance(tie=max(self.tie, floor), logits=max(self.logits, floor))
+
 
 # fp32 differences on the tiny models are ~1e-5; fp16 and bf16 keep ~3 and ~2 significant
 # digits of logits of magnitude ~10, accumulated over a few layers.

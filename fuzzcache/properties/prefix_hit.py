@@ -38,21 +38,19 @@ class PrefixScenario:
         requests = tuple(Request(i, p, self.max_new_tokens) for i, p in enumerate(self.prompts))
         return TraceScenario(requests, EngineConfig(**fields))
 
-    def expected_hit(self, i: int, block_size: int, generated: list[list[int]] | None = None) -> int:
-        """Tokens request i must reuse: the leading full blocks it shares with an earlier prompt
-        (committed, since each earlier request computed its whole prompt), never its last token.
+    def expected_whole_sequence_hit(self, i: int, generated: list[list[int]]) -> int:
+        """Tokens request i must reuse on a target that reuses only whole cached sequences: at
+        least an earlier prompt, when that prompt and all the tokens generated after it
+        (``generated``, each earlier request's) lead request i's prompt, never its last token."""
+        mine = self.prompts[i]
+        sequences = [(earlier, tuple(earlier) + tuple(tokens)) for earlier, tokens in zip(self.prompts[:i], generated)]
+        return max((len(earlier) for earlier, seq in sequences if len(seq) <= len(mine) - 1 and mine[: len(seq)] == seq), default=0)
 
-        With ``generated`` (each earlier request's tokens), the rule of a target that reuses only
-        whole cached sequences (``prefix_reuse = "whole sequence"``): at least an earlier prompt,
-        when that prompt and all the tokens generated after it lead request i's prompt."""
+    def expected_hit(self, i: int, block_size: int) -> int:
+        """Tokens request i must reuse: the leading full blocks it shares with an earlier prompt
+        (committed, since each earlier request computed its whole prompt), never its last token."""
         best = 0
         mine = self.prompts[i]
-        if generated is not None:
-            for earlier, tokens in zip(self.prompts[:i], generated):
-                sequence = tuple(earlier) + tuple(tokens)
-                if len(sequence) <= len(mine) - 1 and mine[: len(sequence)] == sequence:
-                    best = max(best, len(earlier))
-            return best
         for earlier in self.prompts[:i]:
             n = 0
             while (n + 1) * block_size <= min(len(mine) - 1, len(earlier)) and mine[n * block_size : (n + 1) * block_size] == earlier[n * block_size : (n + 1) * block_size]:
@@ -78,17 +76,18 @@ def check_prefix_hit(target, s: PrefixScenario) -> None:
     rule = getattr(target, "prefix_reuse", "blocks")
     if rule == "not asserted":
         return  # the target's windowed reuse is its own (e.g. llama-server's SWA checkpoints): outputs only
-    whole = rule == "whole sequence"
     for i, comp in enumerate(completions):
-        want = s.expected_hit(i, block, [list(c.tokens) for c in completions[:i]] if whole else None)
+        if rule == "whole sequence":
+            want = s.expected_whole_sequence_hit(i, [list(c.tokens) for c in completions[:i]])
+            owed = f"an earlier request's whole sequence ({want} prompt tokens and its generated ones) leads its prompt"
+        else:
+            want = s.expected_hit(i, block)
+            owed = f"it shares {want} tokens of committed full blocks"
         got = (getattr(comp, "stats", None) or {}).get("cached_prefix_tokens")
         if got is None:
             raise mismatch("the target declares prefix_cache but reports no stats['cached_prefix_tokens']")
-        if got < want and whole:
-            raise mismatch(f"request {i}: cached_prefix_tokens={got}, but an earlier request's whole sequence ({want} prompt tokens and "
-                           f"its generated ones) leads its prompt", rid=i, expected=want, got=got)
         if got < want:
-            raise mismatch(f"request {i}: cached_prefix_tokens={got}, but it shares {want} tokens of committed full blocks", rid=i, expected=want, got=got)
+            raise mismatch(f"request {i}: cached_prefix_tokens={got}, but {owed}", rid=i, expected=want, got=got)
         if want:
             reached("prefix hit")
             if want == len(s.prompts[i]) - 1:

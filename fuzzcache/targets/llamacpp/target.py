@@ -107,9 +107,7 @@ class LlamaCppTarget:
         self.kv_type, self.flash_attn = VARIANTS[variant]
         family = FAMILIES[base]
         self.window = family.window  # strategies draw lengths around a sliding window
-        floor = family.tolerance_floor.get("llamacpp", 0.0)
-        own = TOLERANCES[variant]
-        self.tolerance = Tolerance(tie=max(own.tie, floor), logits=max(own.logits, floor))
+        self.tolerance = TOLERANCES[variant].at_least(family.tolerance_floor.get("llamacpp", 0.0))
         if family.attention != "full":
             # surgery.memory's oracle models cells of full attention only
             self.memory_unmodelled = f"a full-attention family (surgery.memory's oracle models no {family.attention} attention)"

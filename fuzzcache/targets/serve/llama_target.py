@@ -147,8 +147,8 @@ class LlamaServerTarget(ServerTarget):
             return self.fixed_tolerance
         oracle = getattr(self, "oracle", "server")
         measured = TOLERANCES[(oracle, precision(self.fixed_config))]
-        floor = getattr(self, "hf_tolerance_floor", 0.0) if oracle == "hf" else 0.0  # a family's own gap to the HF forward
-        return Tolerance(tie=max(measured.tie, floor), logits=max(measured.logits, floor))
+        # a family's own gap: to the HF forward, and between two batchings on llama.cpp (the server's recompute)
+        return measured.at_least(getattr(self, "tolerance_floor", 0.0))
 
     @tolerance.setter
     def tolerance(self, value: Tolerance) -> None:
@@ -400,7 +400,7 @@ class ManagedLlamaServer(ManagedProcess, LlamaServerTarget):
         self._folder = tempfile.TemporaryDirectory(prefix=f"fuzzcache-llama-server-{arch}-")
         self.hf_model = write_tiny_model(arch, self._folder.name)
         family = ARCHITECTURES[arch]
-        self.window, self.hf_tolerance_floor = family.window, family.tolerance_floor.get("llamacpp", 0.0)
+        self.window, self.tolerance_floor = family.window, family.tolerance_floor.get("llamacpp", 0.0)
         if family.window:
             # which prefixes llama-server reuses on an SWA cache is its own rule, not measured here: it re-processes a
             # prompt whose SWA cells fell out of the window unless a context checkpoint covers it (tools/server/

@@ -61,8 +61,6 @@ TICK_S = 0.02  # wall-clock seconds per contract step of arrival
 DEADLINE_S = 45.0  # a trace's requests all end within this (the guard's hang limit is 60 s)
 FIRST_REQUEST_S = 180.0  # attaching: the probe request, the first one a server started by hand may see
 IDLE_WAIT_S = 5.0  # after a trace: how long the server may take to let go of its requests and free their blocks
-# family -> the factory's engine whose families it serves (vllm-server: vLLM's; llama-server: llama.cpp's GGUFs)
-SERVED_ENGINE = {"vllm-server": "vllm", "llama-server": "llamacpp"}
 MAX_MODEL_LEN = 256
 FULL_LOGPROBS_MAX = 4096  # an attached server's log-probs are compared in full up to this vocabulary (and its --max-logprobs)
 # Measured (docs/targets/vllm-server.md): the managed CPU server's streamed log-probs equal its
@@ -560,10 +558,11 @@ def managed_or_attached(family: str, name: str, options: dict, attach_to, manage
 
     if name.startswith(("http://", "https://")):
         return attach_to(name)
+    from fuzzcache.targets.registry import FAMILY_ENGINES  # vllm-server serves vLLM's families, llama-server llama.cpp's
     from fuzzcache.targets.tiny_models import families_for
 
     arch, _, suffix = name.partition("+")
-    archs = families_for(SERVED_ENGINE[family])
+    archs = families_for(FAMILY_ENGINES[family])
     if arch not in archs or suffix not in ("", "hf-oracle"):
         raise UnknownTarget(f"unknown target '{family}:{name}'; managed: {', '.join(f'{family}:{a}' for a in archs)} "
                             f"(optionally +hf-oracle), attached: {family}:{attach_hint}")
