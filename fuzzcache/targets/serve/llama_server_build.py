@@ -150,3 +150,13 @@ def _run(argv: list[str], step: str) -> None:
     if done.returncode != 0:
         tail = "\n".join(done.stdout.splitlines()[-30:])
         raise BuildFailed(f"llama-server {step} failed (exit {done.returncode}): {' '.join(argv)}\n{tail}")
+
+
+if __name__ == "__main__":
+    # Build the stock server now: ``python3 fuzzcache/targets/serve/llama_server_build.py``. The
+    # module needs only the standard library, so the test command builds it beside the installs
+    # (docs/development.md), and the tests find it built.
+    try:
+        print(llama_server_binary())
+    except BuildFailed as failed:
+        sys.exit(f"fuzzcache: {failed}")
