@@ -330,6 +330,46 @@ def test_gemma3_refuses_drafts_and_the_memory_property():
     assert "full-attention family" in PROPERTIES["surgery.memory"].unmet(target)
 
 
+SWA_ROLLBACK = CORPUS / "llamacpp-swa-rollback-loses-cell"
+# the shrunk trace of corpus/llamacpp-swa-rollback-loses-cell.md: request 2's third token follows a rejected draft
+SWA_TRACE = (Request(0, (0,) * 19, 1), Request(1, (0,) * 20, 2), Request(2, (0,) * 18 + (1, 0, 1), 3), Request(3, (0,) * 19, 1))
+SWA_CONFIG = EngineConfig(block_size=5, chunk_size=1, max_batch_tokens=4, spec_k=1, draft="trigram")
+
+
+@pytest.mark.parametrize("flags,fails", [((), True), (("--no-unified",), False), (("--ubatch", "4"), False)])
+def test_the_swa_rollback_repro_shows_the_lost_cell_only_where_the_writeup_says(flags, fails, tmp_path):
+    """The standalone script of the write-up, run without fuzzcache: the rolled-back draft loses
+    sequence 2's cell of position 3 with unified micro-batches of 1 token, and nothing without
+    kv_unified or with micro-batches of 4 (exit 1 while llama.cpp has the bug)."""
+    from exported import run_standalone
+
+    done = run_standalone(SWA_ROLLBACK / "repro.py", tmp_path, before=f"sys.argv[1:] = {list(flags)!r}\n")
+    assert done.returncode == (1 if fails else 0), done.stdout + done.stderr
+    if fails:
+        assert "starts at position 4 after the rolled-back draft, at 3 without it" in done.stdout, done.stdout
+        assert re.search(r"logits without\| = 0\.01\d", done.stdout), done.stdout
+
+
+def test_gemma3_with_drafts_turned_on_diverges_on_the_writeups_trace_and_not_without_them():
+    """Why llamacpp:gemma3 drafts nothing: on the shrunk trace, the token after the rejected draft
+    is about 20x further from the HF forward (0.018) than any token of the same trace without drafts
+    (0.0009), past the target's tolerance (0.015)."""
+    import dataclasses
+
+    from fuzzcache.contract import FEATURES
+
+    target = build_target("llamacpp:gemma3")  # in this process: its features are changed by hand
+    target.features = FEATURES
+
+    def worst(config) -> list[float]:
+        out = target.generate(SWA_TRACE, config)
+        return [float((c.logits - target.reference_logits(list(r.prompt) + c.tokens)[len(r.prompt) - 1 : -1]).abs().max())
+                for r, c in zip(SWA_TRACE, out)]
+
+    drafted, plain = worst(SWA_CONFIG), worst(dataclasses.replace(SWA_CONFIG, spec_k=0))
+    assert drafted[2] > 10 * max(plain) and max(plain) < target.tolerance.logits, (drafted, plain)
+
+
 def test_an_abort_that_leaves_its_cells_is_a_leak(tmp_path):
     spec = "fuzzcache.targets.llamacpp.planted:abort_leaks"
     run = run_property(PROPERTIES["engine.trace"], resolve_target(spec), spec, FIND, tmp_path)

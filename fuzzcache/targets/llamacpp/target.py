@@ -112,9 +112,9 @@ class LlamaCppTarget:
             # surgery.memory's oracle models cells of full attention only
             self.memory_unmodelled = f"a full-attention family (surgery.memory's oracle models no {family.attention} attention)"
         if family.window:
-            # Rolling back rejected drafts (seq_rm) on an SWA cache loses the cells find_slot handed on when the
-            # drafts were in: llama-server disables speculative decoding for SWA models (llama.cpp PR #13970), and
-            # our lead that swa_full does not prevent it is still under triage (docs/targets/families.md)
+            # Rolling back a rejected draft (seq_rm) on an SWA cache loses a cell find_slot handed to another
+            # sequence while the draft was in, with swa_full too: an upstream bug
+            # (corpus/llamacpp-swa-rollback-loses-cell.md); until llama.cpp fixes it, no drafts here
             self.features = FEATURES - {"speculative"}
             self.prefix_reuse = "whole sequence"  # engine.py _reuse_prefix: an SWA cache hands on a shorter prefix's cells
         self.model = tiny_model(base, **SHAPES["tiny"])
