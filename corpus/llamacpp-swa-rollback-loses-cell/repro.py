@@ -24,6 +24,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 VOCAB = 64
+MODEL = None  # the loaded model.gguf, set by main()
 
 
 # The calls a speculative decoder made (fuzzcache's llamacpp target, shrunk): four requests' prompts of
