@@ -352,8 +352,8 @@ def test_the_swa_rollback_repro_shows_the_lost_cell_only_where_the_writeup_says(
 
 def test_gemma3_with_drafts_turned_on_diverges_on_the_writeups_trace_and_not_without_them():
     """Why llamacpp:gemma3 drafts nothing: on the shrunk trace, the token after the rejected draft
-    is about 20x further from the HF forward (0.018) than any token of the same trace without drafts
-    (0.0009), past the target's tolerance (0.015)."""
+    is more than 10x further from the HF forward (0.018 measured) than any token of the same trace
+    without drafts (0.0009), which stay within the target's tolerance."""
     import dataclasses
 
     from fuzzcache.contract import FEATURES

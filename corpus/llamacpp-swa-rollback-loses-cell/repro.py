@@ -60,6 +60,7 @@ CALLS = [
     ("seq_rm", 3, -1, -1),
 ]
 DRAFT, ROLLBACK = (0, 22, 2, True), ("seq_rm", 2, 22, -1)
+COMPARED = (1, 22, 2, True)  # sequence 2's token after the draft's position, decoded once the draft is gone
 
 
 def calls(with_draft: bool):
@@ -83,23 +84,20 @@ def run(args, with_draft: bool) -> tuple[np.ndarray, int]:
     mem = lib.llama_get_memory(ctx)
     batch = lib.llama_batch_init(64, 0, 1)
     last, first = None, None
-    todo = calls(with_draft)
-    compared = next(i for i, c in enumerate(todo) if c[0] == "decode" and any(r[:3] == (1, 22, 2) and r != DRAFT for r in c[1]))
-    for index, call in enumerate(todo):
-        if index == compared:
-            first = lib.llama_memory_seq_pos_min(mem, 2)
+    for call in calls(with_draft):
         if call[0] == "seq_rm":
             assert lib.llama_memory_seq_rm(mem, *call[1:])
             continue
         rows = call[1]
+        if COMPARED in rows:
+            first = lib.llama_memory_seq_pos_min(mem, 2)
         batch.n_tokens = len(rows)
         for i, (token, pos, seq, logits) in enumerate(rows):
             batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, int(logits)
             batch.seq_id[i][0] = seq
         assert lib.llama_decode(ctx, batch) == 0
-        for i, row in enumerate(rows):
-            if row[:3] == (1, 22, 2):
-                last = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(VOCAB,)).copy()
+        if COMPARED in rows:
+            last = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, rows.index(COMPARED)), shape=(VOCAB,)).copy()
     lib.llama_batch_free(batch)
     lib.llama_free(ctx)
     return last, first
